@@ -1,0 +1,97 @@
+"""Self-checking exercises: ``check("1.2", my_function)`` tells a reader at once whether they got it.
+
+Each chapter registers its checkers in ``gptlab/exercises/chNN.py`` with the :func:`exercise`
+decorator. A checker receives the reader's answer and returns ``None`` when it is right or a
+hint (a string) when it is not; it may raise :class:`NotSolved` from deep inside a test too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["NotSolved", "Exercise", "check", "exercise", "registered"]
+
+
+class NotSolved(Exception):
+    """Raised by a checker to say the answer is not right yet; the message is the hint."""
+
+
+@dataclass(frozen=True)
+class Exercise:
+    id: str
+    title: str
+    checker: Callable[[Any], str | None]
+
+
+_REGISTRY: dict[str, Exercise] = {}
+_ID = re.compile(r"^(?:[1-9]\d*|[A-Z])\.[1-9]\d*$")
+
+
+def exercise(exercise_id: str, title: str) -> Callable[[Callable[[Any], str | None]], Callable]:
+    """Register ``checker`` under ``exercise_id`` ("chapter.number", e.g. "1.3" or "A.2")."""
+    if not _ID.match(exercise_id):
+        raise ValueError(f"exercise id {exercise_id!r} must look like '3.2' or 'A.1'")
+
+    def register(checker: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+        if exercise_id in _REGISTRY:
+            raise ValueError(f"exercise {exercise_id} is registered twice")
+        _REGISTRY[exercise_id] = Exercise(exercise_id, title, checker)
+        return checker
+
+    return register
+
+
+def _load_chapter(exercise_id: str) -> None:
+    chapter = exercise_id.split(".")[0]
+    name = f"ch{int(chapter):02d}" if chapter.isdigit() else f"app{chapter.lower()}"
+    try:
+        importlib.import_module(f"gptlab.exercises.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"gptlab.exercises.{name}":
+            raise
+
+
+def registered() -> dict[str, Exercise]:
+    """All exercises of every chapter module present, by id (imports them all)."""
+    import pkgutil
+
+    import gptlab.exercises as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"gptlab.exercises.{info.name}")
+    return dict(sorted(_REGISTRY.items()))
+
+
+def check(exercise_id: str, answer: Any, *, quiet: bool = False) -> bool:
+    """Run the checker of ``exercise_id`` on ``answer``; print a verdict and return whether it passed.
+
+    A stub that still raises ``NotImplementedError`` counts as "not solved yet", so a reader can
+    run the stub cell before writing anything.
+    """
+    if not isinstance(exercise_id, str):
+        raise TypeError(f"exercise_id must be a string like '1.2', got {type(exercise_id).__name__}")
+    if exercise_id not in _REGISTRY and _ID.match(exercise_id):
+        _load_chapter(exercise_id)
+    if exercise_id not in _REGISTRY:
+        known = ", ".join(registered()) or "none"
+        raise ValueError(f"no exercise {exercise_id!r}; known exercises: {known}")
+    ex = _REGISTRY[exercise_id]
+    try:
+        hint = ex.checker(answer)
+    except NotSolved as exc:
+        hint = str(exc) or "not right yet"
+    except NotImplementedError:
+        hint = "the function still raises NotImplementedError: replace the stub with your code"
+    except Exception as exc:  # the reader's code crashed: show what and where to look
+        hint = f"your answer raised {type(exc).__name__}: {exc}"
+    ok = hint is None
+    if not quiet:
+        if ok:
+            print(f"✅ Exercise {exercise_id} ({ex.title}): correct")
+        else:
+            print(f"❌ Exercise {exercise_id} ({ex.title}): not solved yet. Hint: {hint}")
+    return ok

@@ -1,0 +1,93 @@
+"""Small helpers every chapter uses: seeding, device choice, atomic file writes, the cache folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import random
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+__all__ = ["atomic_write", "cache_dir", "get_device", "seed_everything"]
+
+_DEVICES = ("cpu", "cuda", "mps")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (CPU and every GPU) with one number."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}; pass e.g. seed_everything(0)")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}; NumPy accepts no other range")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Pick where tensors live: ``prefer`` or ``$GPTLAB_DEVICE`` if given, else CUDA, then MPS, then CPU.
+
+    An explicit choice that this machine cannot honour raises instead of silently falling back,
+    so a reader who asked for a GPU learns that they are not on one.
+    """
+    choice = prefer if prefer is not None else os.environ.get("GPTLAB_DEVICE") or None
+    if choice is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not isinstance(choice, str):
+        raise TypeError(f"prefer must be a string such as 'cpu' or 'cuda', got {type(choice).__name__}")
+    kind = choice.split(":")[0].strip().lower()
+    if kind not in _DEVICES:
+        raise ValueError(f"unknown device {choice!r}; use one of {', '.join(_DEVICES)} (e.g. 'cuda:0')")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {choice!r} requested but CUDA is not available here; use 'cpu' or unset GPTLAB_DEVICE"
+        )
+    if kind == "mps" and not _mps_available():
+        raise ValueError(f"device {choice!r} requested but MPS is not available here; use 'cpu'")
+    return torch.device(choice.strip().lower())
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
+
+    Readers never see a half-written file: either the old file or the complete new one exists.
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    if mode not in ("w", "wb", "wt"):
+        raise ValueError(f"atomic_write supports modes 'w', 'wt' and 'wb', got {mode!r}")
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = pathlib.Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def cache_dir() -> pathlib.Path:
+    """Folder for downloaded archives and derived files: ``$GPTLAB_CACHE`` or ``~/.cache/gptlab``."""
+    root = os.environ.get("GPTLAB_CACHE")
+    path = pathlib.Path(root).expanduser() if root else pathlib.Path.home() / ".cache" / "gptlab"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
