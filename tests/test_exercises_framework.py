@@ -1,0 +1,55 @@
+import pytest
+
+from gptlab import exercises
+from gptlab.exercises import NotSolved, check, exercise
+
+
+@pytest.fixture
+def sandbox(monkeypatch):
+    monkeypatch.setattr(exercises, "_REGISTRY", {})
+
+    @exercise("9.9", "double it")
+    def _checker(fn):
+        for x in (0, 1, -3, 7):
+            if fn(x) != 2 * x:
+                raise NotSolved(f"fn({x}) returned {fn(x)}, expected {2 * x}")
+
+    return _checker
+
+
+def test_correct_answer_prints_correct(sandbox, capsys):
+    assert check("9.9", lambda x: 2 * x) is True
+    assert "correct" in capsys.readouterr().out
+
+
+def test_wrong_answer_prints_hint(sandbox, capsys):
+    assert check("9.9", lambda x: x + x + 1) is False
+    out = capsys.readouterr().out
+    assert "not solved yet" in out and "fn(0) returned 1" in out
+
+
+def test_stub_counts_as_not_solved(sandbox, capsys):
+    def stub(x):
+        raise NotImplementedError
+
+    assert check("9.9", stub) is False
+    assert "NotImplementedError" in capsys.readouterr().out
+
+
+def test_crashing_answer_reports_the_exception(sandbox, capsys):
+    assert check("9.9", lambda x: 1 / 0) is False
+    assert "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_unknown_and_malformed_ids(sandbox):
+    with pytest.raises(ValueError, match="no exercise '9.8'"):
+        check("9.8", None)
+    with pytest.raises(TypeError, match="string like '1.2'"):
+        check(1.2, None)
+    with pytest.raises(ValueError, match="must look like"):
+        exercise("chapter one", "x")
+
+
+def test_duplicate_registration_is_an_error(sandbox):
+    with pytest.raises(ValueError, match="registered twice"):
+        exercise("9.9", "again")(lambda a: None)

@@ -1,0 +1,88 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gptlab.utils import atomic_write, cache_dir, get_device, seed_everything
+
+
+def test_seed_everything_makes_all_three_generators_repeat():
+    seed_everything(123)
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    seed_everything(123)
+    second = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == second[0] and first[1] == second[1]
+    torch.testing.assert_close(first[2], second[2], rtol=0, atol=0)
+    seed_everything(124)
+    assert random.random() != first[0]
+
+
+@pytest.mark.parametrize("bad", [1.5, "0", None, True])
+def test_seed_everything_rejects_non_int(bad):
+    with pytest.raises(TypeError, match="seed must be an int"):
+        seed_everything(bad)
+
+
+def test_seed_everything_rejects_out_of_range():
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+        seed_everything(-1)
+
+
+def test_get_device_defaults_and_overrides(monkeypatch):
+    monkeypatch.delenv("GPTLAB_DEVICE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else None
+    dev = get_device()
+    if expected:
+        assert dev.type == expected
+    assert get_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("GPTLAB_DEVICE", "cpu")
+    assert get_device() == torch.device("cpu")
+
+
+def test_get_device_errors_say_what_to_do(monkeypatch):
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        get_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            get_device("cuda")
+        monkeypatch.setenv("GPTLAB_DEVICE", "cuda:0")
+        with pytest.raises(ValueError, match="unset GPTLAB_DEVICE"):
+            get_device()
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "sub" / "f.txt"
+    with atomic_write(target, "w") as f:
+        f.write("new")
+    assert target.read_text() == "new"
+    assert [p.name for p in target.parent.iterdir()] == ["f.txt"]
+
+
+def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write(b"half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_atomic_write_rejects_read_modes(tmp_path):
+    with pytest.raises(ValueError, match="supports modes"), atomic_write(tmp_path / "x", "r"):
+        pass
+
+
+def test_cache_dir_honours_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    assert cache_dir().is_dir()
+
+
+def test_public_api_names_resolve():
+    import gptlab
+
+    assert gptlab.seed_everything is seed_everything
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        gptlab.nope  # noqa: B018
