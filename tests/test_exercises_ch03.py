@@ -1,0 +1,232 @@
+"""Chapter 3 checkers: each accepts a right answer and rejects the usual wrong ones with a hint."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptlab.exercises import check
+from gptlab.exercises.ch03 import expected_initial_loss, gpt_parameter_count
+
+
+def _verdict(exercise_id, answer, capsys):
+    ok = check(exercise_id, answer)
+    return ok, capsys.readouterr().out
+
+
+# --- 3.1 LayerNorm ----------------------------------------------------------------------------
+
+
+def _ln_right(x, weight, bias, eps=1e-5):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def test_3_1_accepts_layer_norm(capsys):
+    ok, out = _verdict("3.1", _ln_right, capsys)
+    assert ok and "correct" in out
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (
+            lambda x, w, b, eps=1e-5: (
+                (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + eps) * w + b
+            ),
+            "biased variance",
+        ),
+        (
+            lambda x, w, b, eps=1e-5: (
+                (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True, unbiased=False) + eps) * w
+                + b
+            ),
+            "inside the square root",
+        ),
+        (lambda x, w, b, eps=1e-5: F.layer_norm(x, x.shape[-1:], None, None, eps), "scale by"),
+        (lambda x, w, b, eps=1e-5: (x - x.mean()) / x.std() * w + b, "LAST dimension"),
+        (lambda x, w, b, eps=1e-5: x.sum(-1), "output shape"),
+        (lambda x, w, b, eps=1e-5: x.tolist(), "torch.Tensor"),
+    ],
+)
+def test_3_1_rejects_wrong_layer_norms(wrong, hint, capsys):
+    ok, out = _verdict("3.1", wrong, capsys)
+    assert not ok and hint in out
+
+
+# --- 3.2 RMSNorm -----------------------------------------------------------------------------
+
+
+def test_3_2_accepts_rms_norm_and_matches_torch(capsys):
+    def rms_norm(x, weight, eps=1e-5):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+    ok, out = _verdict("3.2", rms_norm, capsys)
+    assert ok and "correct" in out
+    # the checker's formula is PyTorch's own RMSNorm
+    ok, out = _verdict("3.2", lambda x, w, eps=1e-5: F.rms_norm(x, x.shape[-1:], w, eps), capsys)
+    assert ok
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda x, w, eps=1e-5: F.layer_norm(x, x.shape[-1:], w, None, eps), "does not subtract"),
+        (
+            lambda x, w, eps=1e-5: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w,
+            "inside the square root",
+        ),
+        (lambda x, w, eps=1e-5: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps), "scale by"),
+        (lambda x, w, eps=1e-5: x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + eps) * w, "MEAN"),
+        (lambda x, w, eps=1e-5: x / x.abs().mean(-1, keepdim=True) * w, "off by up to"),
+        (lambda x, w, eps=1e-5: x.mean(-1), "output shape"),
+    ],
+)
+def test_3_2_rejects_wrong_rms_norms(wrong, hint, capsys):
+    ok, out = _verdict("3.2", wrong, capsys)
+    assert not ok and hint in out
+
+
+# --- 3.3 parameter count ----------------------------------------------------------------------
+
+
+def test_formula_gives_gpt2_small_count():
+    assert gpt_parameter_count(50257, 1024, 12, 768) == 124_439_808
+
+
+def test_formula_matches_gptlab_model():
+    from gptlab.model import GPT, GPTConfig
+
+    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=3, n_head=2, n_embd=24)
+    assert GPT(cfg).num_parameters() == gpt_parameter_count(97, 16, 3, 24)
+
+
+def test_formula_rejects_bad_input():
+    with pytest.raises(ValueError, match="n_embd must be a positive int"):
+        gpt_parameter_count(10, 10, 1, 0)
+
+
+def test_3_3_accepts_the_formula(capsys):
+    def count(V, T, L, d):
+        return (
+            V * d
+            + T * d
+            + L * (2 * 2 * d + 3 * d * d + 3 * d + d * d + d + 8 * d * d + 5 * d)
+            + 2 * d
+        )
+
+    ok, out = _verdict("3.3", count, capsys)
+    assert ok and "correct" in out
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) + V * d, "tied to wte"),
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) - T * d, "position embeddings"),
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) - L * 4 * d - 2 * d, "LayerNorms"),
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) - L * 9 * d, "biases"),
+        (lambda V, T, L, d: V * d + T * d + L * 12 * d * d, "linear in d"),
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) + 1, "off by +1"),
+        (lambda V, T, L, d: "124M", "return an int"),
+    ],
+)
+def test_3_3_rejects_wrong_counts(wrong, hint, capsys):
+    ok, out = _verdict("3.3", wrong, capsys)
+    assert not ok and hint in out
+
+
+# --- 3.4 post-norm block ---------------------------------------------------------------------
+
+
+def test_3_4_accepts_post_norm(capsys):
+    def block(x, ln_1, attn, ln_2, mlp):
+        x = ln_1(x + attn(x))
+        return ln_2(x + mlp(x))
+
+    ok, out = _verdict("3.4", block, capsys)
+    assert ok and "correct" in out
+
+
+def test_3_4_rejects_the_gptlab_pre_norm_block(capsys):
+    """The package's own (pre-norm) block, driven through the same sublayers, is not post-norm."""
+    from gptlab.model import GPT, GPTConfig
+
+    blk = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=12)).transformer.h[
+        0
+    ]
+
+    class AttnStandIn(torch.nn.Module):  # the block passes cache arguments to its attention
+        def __init__(self, attn):
+            super().__init__()
+            self.inner = attn
+
+        def forward(self, x, **cache_args):
+            return self.inner(x)
+
+    def via_package(x, ln_1, attn, ln_2, mlp):
+        blk.ln_1, blk.attn, blk.ln_2, blk.mlp = ln_1, AttnStandIn(attn), ln_2, mlp
+        return blk(x)
+
+    ok, out = _verdict("3.4", via_package, capsys)
+    assert not ok and "that is the pre-norm block" in out
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (
+            lambda x, ln_1, attn, ln_2, mlp: ln_1(x + attn(x)) + mlp(ln_1(x + attn(x))),
+            "second addition",
+        ),
+        (lambda x, ln_1, attn, ln_2, mlp: ln_2(mlp(ln_1(attn(x)))), "residual"),
+        (
+            lambda x, ln_1, attn, ln_2, mlp: (x + ln_1(attn(x))) + ln_2(mlp(x + ln_1(attn(x)))),
+            "SUM",
+        ),
+        (lambda x, ln_1, attn, ln_2, mlp: x, "differs"),
+        (lambda x, ln_1, attn, ln_2, mlp: x[0], "output shape"),
+    ],
+)
+def test_3_4_rejects_other_blocks(wrong, hint, capsys):
+    ok, out = _verdict("3.4", wrong, capsys)
+    assert not ok and hint in out
+
+
+# --- 3.5 initial loss -------------------------------------------------------------------------
+
+
+def test_expected_initial_loss_matches_simulation():
+    """ln V + σ²/2 is what cross-entropy of random N(0, σ²) logits averages to."""
+    gen = torch.Generator().manual_seed(0)
+    V, sigma, n = 2000, 0.8, 4000  # standard error of the mean ≈ σ/√n = 0.013
+    logits = torch.randn(n, V, generator=gen) * sigma
+    targets = torch.randint(V, (n,), generator=gen)
+    sim = F.cross_entropy(logits, targets).item()
+    assert sim == pytest.approx(expected_initial_loss(V, sigma), abs=0.05)
+    with pytest.raises(ValueError, match="vocab_size must be an int >= 2"):
+        expected_initial_loss(1, 0.1)
+
+
+def test_3_5_accepts_formula_and_simulation(capsys):
+    ok, out = _verdict("3.5", lambda V, s: math.log(V) + s * s / 2, capsys)
+    assert ok and "correct" in out
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda V, s: math.log(V), "σ²/2"),
+        (lambda V, s: math.log2(V), "natural logarithm"),
+        (lambda V, s: 1 / V, "negative log"),
+        (lambda V, s: math.log(V) + s, "expected about"),
+        (lambda V, s: "ln V", "return a float"),
+    ],
+)
+def test_3_5_rejects_wrong_estimates(wrong, hint, capsys):
+    ok, out = _verdict("3.5", wrong, capsys)
+    assert not ok and hint in out
