@@ -9,7 +9,10 @@ It does three small jobs that configuration alone cannot:
    (``notebooks/03_gpt_architecture.ipynb`` is chapter 3, ``notebooks/A_*.ipynb`` appendix A),
    so exercises render as "Exercise 3.1", "Exercise 3.2", ... -- the ids readers pass to
    ``gptlab.check`` -- whatever chapters exist yet.
-3. **The exercise index.** The ``exercise-index`` directive lists every exercise of every
+3. **Offline Colab badges.** The badge image every notebook's first cell shows
+   (``https://colab.research.google.com/assets/colab-badge.svg``, right on GitHub and Colab) is
+   served from ``book/images/colab-badge.svg`` in the site, so pages make no outside request.
+4. **The exercise index.** The ``exercise-index`` directive lists every exercise of every
    notebook in the table of contents, read from the notebooks at build time, so the list can
    never go stale.
 
@@ -28,6 +31,7 @@ from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.config import Config
 from sphinx.util import logging
+from sphinx.transforms import SphinxTransform
 from sphinx.util.docutils import SphinxDirective
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,9 @@ CDN_NOTICE = (
     "GPT Lab: MathJax was not found in _mathjax_extra/mathjax (run book/_scripts/build_book.py "
     "with npm available to install it); formulas will load MathJax from the CDN."
 )
+
+COLAB_BADGE_URL = "https://colab.research.google.com/assets/colab-badge.svg"
+LOCAL_COLAB_BADGE = "/book/images/colab-badge.svg"  # absolute = relative to the book root
 
 # `notebooks/01_text_and_tokens` -> "1"; `notebooks/A_pretrained_weights` -> "A"
 _CHAPTER_DOC = re.compile(r"^notebooks/(?:0*(?P<num>[1-9]\d*)|(?P<app>[A-Z]))_[^/]+$")
@@ -129,7 +136,21 @@ def _number_exercises_by_chapter(app: Sphinx, env: Any) -> list[str]:
     return changed
 
 
-# -- 3. the exercise index -------------------------------------------------------------------
+# -- 3. offline Colab badges ------------------------------------------------------------------
+
+
+class LocalColabBadge(SphinxTransform):
+    """Point Colab badge images at the site's own copy (runs before images are collected)."""
+
+    default_priority = 400
+
+    def apply(self, **kwargs: Any) -> None:
+        for image in self.document.findall(nodes.image):
+            if image.get("uri") == COLAB_BADGE_URL:
+                image["uri"] = LOCAL_COLAB_BADGE
+
+
+# -- 4. the exercise index -------------------------------------------------------------------
 
 
 class ExerciseIndex(SphinxDirective):
@@ -199,5 +220,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("config-inited", _use_local_mathjax)
     # After Sphinx's own TocTreeCollector (priority 500) has assigned figure numbers.
     app.connect("env-get-updated", _number_exercises_by_chapter, priority=900)
+    app.add_transform(LocalColabBadge)
     app.add_directive("exercise-index", ExerciseIndex)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
