@@ -22,6 +22,10 @@ _EXPORTS: dict[str, str] = {
     # data
     "load_corpus": "gptlab.data",
     "get_batch": "gptlab.data",
+    "encode_corpus": "gptlab.data",
+    "make_loader": "gptlab.data",
+    "TokenWindowDataset": "gptlab.data",
+    "split_documents": "gptlab.data",
     # attention / model
     "scaled_dot_product_attention": "gptlab.attention",
     "causal_mask": "gptlab.attention",
