@@ -48,7 +48,7 @@ setup() {
 cmd=${1:-help}
 case "$cmd" in
   setup) setup ;;
-  book)  setup; "$VENV/bin/python" -m gptlab.book build ;;
+  book)  setup; PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/python" book/_scripts/build_book.py ;;
   lab)   setup; exec "$VENV/bin/jupyter" lab notebooks/ ;;
   test)  setup; shift; PATH="$PWD/$VENV/bin:$PATH" exec "$VENV/bin/pytest" --nbval "$@" ;;
   *)     sed -n '2,12p' "$0"; [ "$cmd" = help ] || exit 2 ;;
