@@ -588,7 +588,11 @@ def _atomic_directory(target: pathlib.Path) -> Iterator[pathlib.Path]:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; a checkpoint is ordinary data
         for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
         _fsync_dir(tmp)

@@ -1,0 +1,503 @@
+"""Command line: ``python -m gptlab train --config run.toml`` and ``python -m gptlab generate``.
+
+A training run is described by one TOML file (every key is checked; a typo is an error that
+names it)::
+
+    out_dir = "runs/micro"        # the checkpoint directory (relative paths: to the cwd)
+
+    [model]                       # GPTConfig fields, or a preset plus overrides
+    preset = "micro"
+    dropout = 0.1
+
+    [data]
+    corpus = "shakespeare"        # a gptlab corpus ... or text_file = "my.txt"
+    tokenizer = "char"            # "gpt2", "char" or the path of a saved BPETokenizer JSON
+    val_fraction = 0.1
+
+    [train]                       # TrainConfig fields (see gptlab.train.TrainConfig)
+    batch_size = 32
+    max_steps = 2000
+
+    [sample]                      # what the model writes every train.sample_interval steps
+    prompt = "ROMEO:"
+    max_new_tokens = 200
+
+Launch the same file with ``torchrun --nproc_per_node=N -m gptlab train --config run.toml``
+to train data-parallel on N processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ConfigError", "RunConfig", "build_run", "load_run_config", "main"]
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+# Each rank writes its final weights here (rank<r>.safetensors) when this variable is set:
+# how tests check that data-parallel processes end identical.
+DUMP_WEIGHTS_ENV = "GPTLAB_DUMP_WEIGHTS_DIR"
+
+
+class ConfigError(ValueError):
+    """The run configuration file is missing, not TOML, or has an unknown key or a bad value."""
+
+
+@dataclass
+class DataSection:
+    corpus: str | None = "shakespeare"
+    text_file: str | None = None
+    tokenizer: str = "gpt2"
+    val_fraction: float = 0.1
+
+
+@dataclass
+class SampleSection:
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 200
+
+
+@dataclass
+class RunConfig:
+    """A parsed run file: model fields, data source, TrainConfig fields, sampling, out_dir."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataSection = field(default_factory=DataSection)
+    train: dict[str, Any] = field(default_factory=dict)
+    sample: SampleSection = field(default_factory=SampleSection)
+    out_dir: str = "out"
+
+
+_TOP_KEYS = {"out_dir", "model", "data", "train", "sample"}
+
+
+def _check_keys(section: str, given: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    for key in given:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key {key!r} in [{section}]; allowed keys: {', '.join(sorted(allowed))}"
+            )
+
+
+def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table (a [{name}] section), got {value!r}")
+    return dict(value)
+
+
+def load_run_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read and check a run TOML file; every unknown key is an error that names it."""
+    from gptlab.model import GPTConfig
+    from gptlab.train import TrainConfig
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass the path of a .toml run file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(
+                f"unknown top-level key {key!r} in {path}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+            )
+    model = _section(raw, "model")
+    _check_keys("model", model, ["preset", *[f.name for f in dataclasses.fields(GPTConfig)]])
+    data = _section(raw, "data")
+    _check_keys("data", data, [f.name for f in dataclasses.fields(DataSection)])
+    if "text_file" in data and "corpus" in data:
+        raise ConfigError("[data] sets both corpus and text_file; keep one of them")
+    if "text_file" in data:
+        data["corpus"] = None
+    train = _section(raw, "train")
+    if "checkpoint_dir" in train:
+        raise ConfigError(
+            "[train] checkpoint_dir is set by the top-level out_dir; remove it from [train]"
+        )
+    _check_keys(
+        "train",
+        train,
+        [f.name for f in dataclasses.fields(TrainConfig) if f.name != "checkpoint_dir"],
+    )
+    sample = _section(raw, "sample")
+    _check_keys("sample", sample, [f.name for f in dataclasses.fields(SampleSection)])
+    out_dir = raw.get("out_dir", "out")
+    if not isinstance(out_dir, str) or not out_dir:
+        raise ConfigError(f"out_dir must be a non-empty string path, got {out_dir!r}")
+    try:
+        data_section = DataSection(**data)
+        sample_section = SampleSection(**sample)
+    except TypeError as err:
+        raise ConfigError(str(err)) from None
+    if not isinstance(data_section.tokenizer, str):
+        raise ConfigError(f"[data] tokenizer must be a string, got {data_section.tokenizer!r}")
+    return RunConfig(
+        model=model, data=data_section, train=train, sample=sample_section, out_dir=out_dir
+    )
+
+
+def _load_tokenizer(spec: str, text: str | None) -> Any:
+    from gptlab import tokenizers
+
+    if spec == "gpt2":
+        return tokenizers.get_tokenizer("gpt2")
+    if spec == "char":
+        if text is None:
+            raise ConfigError("tokenizer = 'char' needs the training text")
+        return tokenizers.CharTokenizer.from_text(text)
+    path = pathlib.Path(spec)
+    if not path.is_file():
+        raise ConfigError(
+            f"[data] tokenizer {spec!r} is neither 'gpt2', 'char' nor an existing BPETokenizer JSON file"
+        )
+    return tokenizers.BPETokenizer.load(path)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """Encode training text; special-token strings inside it are plain text, not control tokens."""
+    if hasattr(tokenizer, "encode_ordinary"):  # tiktoken
+        return tokenizer.encode_ordinary(text)
+    return tokenizer.encode(text)
+
+
+def _vocab_size(tokenizer: Any) -> int:
+    return int(tokenizer.n_vocab if hasattr(tokenizer, "n_vocab") else tokenizer.vocab_size)
+
+
+def _read_text(data: DataSection) -> str:
+    from gptlab.data import load_corpus
+
+    if data.text_file is not None:
+        path = pathlib.Path(data.text_file)
+        if not path.is_file():
+            raise ConfigError(f"[data] text_file {str(path)!r} not found")
+        return path.read_text(encoding="utf-8")
+    if data.corpus is None:
+        raise ConfigError("[data] needs corpus = 'shakespeare' or text_file = 'path.txt'")
+    return load_corpus(data.corpus).text
+
+
+@dataclass
+class Run:
+    """Everything ``train`` needs, built from a RunConfig."""
+
+    model: Any
+    train_ids: Any
+    val_ids: Any
+    train_config: Any
+    tokenizer: Any
+
+
+def build_run(run: RunConfig, *, seed_model: bool = True) -> Run:
+    """Tokenize the data, split it, build the model and the TrainConfig of a run file."""
+    import torch
+
+    from gptlab.data import train_val_split
+    from gptlab.model import GPT, GPTConfig
+    from gptlab.train import TrainConfig
+    from gptlab.utils import seed_everything
+
+    text = _read_text(run.data)
+    tokenizer = _load_tokenizer(run.data.tokenizer, text)
+    ids = torch.tensor(_encode(tokenizer, text), dtype=torch.long)
+    train_ids, val_ids = train_val_split(ids, run.data.val_fraction)
+
+    fields = dict(run.model)
+    fields.setdefault("vocab_size", _vocab_size(tokenizer))
+    if fields["vocab_size"] < _vocab_size(tokenizer):
+        raise ConfigError(
+            f"[model] vocab_size {fields['vocab_size']} is smaller than the tokenizer's "
+            f"{_vocab_size(tokenizer)}; remove vocab_size to use the tokenizer's"
+        )
+    preset = fields.pop("preset", None)
+    model_config = GPTConfig.preset(preset, **fields) if preset is not None else GPTConfig(**fields)
+
+    train_fields = dict(run.train)
+    train_fields.setdefault("block_size", model_config.block_size)
+    train_fields["checkpoint_dir"] = run.out_dir
+    train_config = TrainConfig.from_dict(train_fields)
+    if seed_model:
+        seed_everything(train_config.seed)  # same initial weights on every rank and every run
+    return Run(GPT(model_config), train_ids, val_ids, train_config, tokenizer)
+
+
+def _sample_fn(run: RunConfig, tokenizer: Any) -> Any:
+    import torch
+
+    from gptlab.sampling import generate
+
+    prompt = _encode(tokenizer, run.sample.prompt)
+
+    def sample(model: Any, step: int) -> str:
+        device = next(model.parameters()).device
+        idx = torch.tensor([prompt[-model.config.block_size :]], dtype=torch.long, device=device)
+        out = generate(
+            model,
+            idx,
+            run.sample.max_new_tokens,
+            temperature=run.sample.temperature,
+            top_k=run.sample.top_k,
+            generator=torch.Generator(device=device).manual_seed(step),
+        )
+        return tokenizer.decode(out[0].tolist())
+
+    return sample
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    run = load_run_config(args.config)
+    from gptlab.train import META_FILE, train
+
+    out = pathlib.Path(run.out_dir)
+    has_checkpoint = (out / META_FILE).is_file()
+    if args.resume and not has_checkpoint:
+        raise ConfigError(
+            f"--resume given but {str(out)!r} holds no checkpoint; drop --resume to start fresh"
+        )
+    if has_checkpoint and not (args.resume or args.overwrite):
+        raise ConfigError(
+            f"{str(out)!r} already holds a checkpoint; pass --resume to continue it or --overwrite to start over"
+        )
+    built = build_run(run)
+    rank = int(os.environ.get("RANK", "0"))
+    history = train(
+        built.model,
+        built.train_ids,
+        built.val_ids,
+        built.train_config,
+        resume_from=out if args.resume else None,
+        sample_fn=_sample_fn(run, built.tokenizer) if built.train_config.sample_interval else None,
+        tokenizer=built.tokenizer,
+    )
+    dump = os.environ.get(DUMP_WEIGHTS_ENV)
+    if dump:
+        from safetensors.torch import save_file
+
+        pathlib.Path(dump).mkdir(parents=True, exist_ok=True)
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in built.model.state_dict().items()
+            if k != "lm_head.weight"
+        }
+        save_file(state, str(pathlib.Path(dump) / f"rank{rank}.safetensors"))
+    if rank == 0:
+        summary = f"trained to step {history.steps[-1] if history.steps else 0}"
+        if history.train_loss:
+            summary += f": train loss {history.train_loss[-1]:.4f}"
+        if history.val_loss:
+            summary += f", val loss {history.val_loss[-1]:.4f} (perplexity {history.val_perplexity[-1]:.2f})"
+        print(summary)
+        print(f"checkpoint: {out}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from gptlab.sampling import generate, stream
+    from gptlab.train import load_model, load_tokenizer
+    from gptlab.utils import get_device
+
+    if args.stream and args.num_return_sequences != 1:
+        raise ConfigError("--stream prints one sequence; use --num-return-sequences 1 with it")
+    device = get_device(None if args.device == "auto" else args.device)
+    model = load_model(args.checkpoint, device=device)
+    tokenizer = load_tokenizer(args.checkpoint)
+    prompt = _encode(tokenizer, args.prompt)
+    if not prompt:
+        raise ConfigError("the prompt encodes to no tokens; pass a non-empty --prompt")
+    prompt = prompt[-model.config.block_size :]
+    idx = torch.tensor([prompt], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(args.seed if args.seed is not None else torch.seed())
+    options = dict(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        generator=generator,
+    )
+    if args.stream:
+        ids = list(prompt)
+        shown = tokenizer.decode(ids)
+        sys.stdout.write(shown)
+        for token in stream(model, idx, args.max_new_tokens, **options):
+            ids.append(token)
+            text = tokenizer.decode(ids)
+            if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
+                sys.stdout.write(text[len(shown) :])
+                sys.stdout.flush()
+                shown = text
+        sys.stdout.write(tokenizer.decode(ids)[len(shown) :] + "\n")
+        return 0
+    out = generate(
+        model, idx, args.max_new_tokens, num_return_sequences=args.num_return_sequences, **options
+    )
+    for i, row in enumerate(out.tolist()):
+        if args.num_return_sequences > 1:
+            print(f"--- sequence {i + 1} ---")
+        print(tokenizer.decode(row))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing
+# --------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="gptlab",
+        description="GPT Lab: train a small GPT from a TOML run file, or generate text from a checkpoint.",
+        epilog="Run 'gptlab COMMAND --help' for the options of each command.",
+        formatter_class=formatter,
+    )
+    from gptlab import __version__
+
+    parser.add_argument("--version", action="version", version=f"gptlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train a GPT as described by a TOML run file",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=formatter,
+    )
+    train.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="the TOML run file ([model], [data], [train], [sample], out_dir)",
+    )
+    group = train.add_mutually_exclusive_group()
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the checkpoint in out_dir exactly where it stopped",
+    )
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start from scratch even if out_dir already holds a checkpoint",
+    )
+    train.set_defaults(func=_cmd_train)
+
+    gen = commands.add_parser(
+        "generate",
+        help="continue a prompt with a trained checkpoint",
+        description="Load a checkpoint written by 'gptlab train' (or gptlab.train.save_checkpoint) and "
+        "continue --prompt, decoding with the tokenizer recorded in the checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument(
+        "--checkpoint", required=True, metavar="DIR", help="checkpoint directory (a run's out_dir)"
+    )
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
+    gen.add_argument(
+        "--max-new-tokens", type=_non_negative_int, default=200, metavar="N", help="tokens to add"
+    )
+    gen.add_argument(
+        "--temperature",
+        type=_non_negative_float,
+        default=1.0,
+        metavar="T",
+        help="divide logits by T: <1 sharper, >1 more random, 0 greedy (always the most likely token)",
+    )
+    gen.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="sample only from the K most likely tokens",
+    )
+    gen.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        metavar="P",
+        help="sample from the smallest set of tokens whose probability reaches P (nucleus)",
+    )
+    gen.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="make tokens already in the text R times less likely (1.0 = off, 1.2 = typical)",
+    )
+    gen.add_argument(
+        "--num-return-sequences",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="independent continuations to print",
+    )
+    gen.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="seed the sampler to reproduce an output (default: random)",
+    )
+    gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    gen.add_argument(
+        "--device", default="cpu", metavar="DEV", help="'cpu', 'cuda', 'mps' or 'auto'"
+    )
+    gen.set_defaults(func=_cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gptlab`` and ``python -m gptlab``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        if os.environ.get("GPTLAB_DEBUG"):  # show the traceback too
+            raise
+        print(f"gptlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
