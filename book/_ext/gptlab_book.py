@@ -55,6 +55,12 @@ _EXERCISE_OPEN = re.compile(
     r"(?P<options>(?:[ \t]*:[\w-]+:[^\n]*\n?)*)",
     re.MULTILINE,
 )
+_SOLUTION_OPEN = re.compile(
+    r"^(?P<fence>`{3,}|:{3,})\{solution(?:-start)?\}[ \t]*(?P<target>[^\n]*)\n"
+    r"(?P<options>(?:[ \t]*:[\w-]+:[^\n]*\n?)*)",
+    re.MULTILINE,
+)
+_CLASS_OPTION = re.compile(r"^[ \t]*:class:[ \t]*([^\n]*)", re.MULTILINE)
 _LABEL_OPTION = re.compile(r"^[ \t]*:label:[ \t]*(\S+)", re.MULTILINE)
 _HEADING = re.compile(r"^#[ \t]+(.+?)[ \t]*$", re.MULTILINE)
 
@@ -97,6 +103,21 @@ def notebook_exercises(path: Path) -> list[dict[str, str]]:
             label = _LABEL_OPTION.search(match.group("options"))
             found.append(
                 {"label": label.group(1) if label else "", "title": match.group("title").strip()}
+            )
+    return found
+
+
+def notebook_solutions(path: Path) -> list[dict[str, Any]]:
+    """Every solution directive in a notebook: ``[{"target": "ex-1-1", "classes": [...]}, ...]``."""
+    found = []
+    for source in _markdown_cells(path):
+        for match in _SOLUTION_OPEN.finditer(source):
+            classes = _CLASS_OPTION.search(match.group("options"))
+            found.append(
+                {
+                    "target": match.group("target").strip(),
+                    "classes": classes.group(1).split() if classes else [],
+                }
             )
     return found
 
