@@ -193,9 +193,9 @@ class ExerciseIndex(SphinxDirective):
             if not exercises:
                 continue
             chapter = chapter_of(docname)
-            heading = nodes.paragraph()
-            heading += _xref("doc", docname, notebook_title(path), env.docname)
-            result.append(heading)
+            title = nodes.strong()
+            title += _xref("doc", docname, notebook_title(path), env.docname)
+            result.append(nodes.paragraph("", "", title))
             items = nodes.bullet_list()
             for k, exercise in enumerate(exercises, start=1):
                 number = f"{chapter}.{k}"
