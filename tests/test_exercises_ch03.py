@@ -17,58 +17,17 @@ def _verdict(exercise_id, answer, capsys):
     return ok, capsys.readouterr().out
 
 
-# --- 3.1 LayerNorm ----------------------------------------------------------------------------
+# --- 3.1 RMSNorm -----------------------------------------------------------------------------
 
 
-def _ln_right(x, weight, bias, eps=1e-5):
-    mean = x.mean(-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(-1, keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps) * weight + bias
-
-
-def test_3_1_accepts_layer_norm(capsys):
-    ok, out = _verdict("3.1", _ln_right, capsys)
-    assert ok and "correct" in out
-
-
-@pytest.mark.parametrize(
-    ("wrong", "hint"),
-    [
-        (
-            lambda x, w, b, eps=1e-5: (
-                (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + eps) * w + b
-            ),
-            "biased variance",
-        ),
-        (
-            lambda x, w, b, eps=1e-5: (
-                (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True, unbiased=False) + eps) * w
-                + b
-            ),
-            "inside the square root",
-        ),
-        (lambda x, w, b, eps=1e-5: F.layer_norm(x, x.shape[-1:], None, None, eps), "scale by"),
-        (lambda x, w, b, eps=1e-5: (x - x.mean()) / x.std() * w + b, "LAST dimension"),
-        (lambda x, w, b, eps=1e-5: x.sum(-1), "output shape"),
-        (lambda x, w, b, eps=1e-5: x.tolist(), "torch.Tensor"),
-    ],
-)
-def test_3_1_rejects_wrong_layer_norms(wrong, hint, capsys):
-    ok, out = _verdict("3.1", wrong, capsys)
-    assert not ok and hint in out
-
-
-# --- 3.2 RMSNorm -----------------------------------------------------------------------------
-
-
-def test_3_2_accepts_rms_norm_and_matches_torch(capsys):
+def test_3_1_accepts_rms_norm_and_matches_torch(capsys):
     def rms_norm(x, weight, eps=1e-5):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
-    ok, out = _verdict("3.2", rms_norm, capsys)
+    ok, out = _verdict("3.1", rms_norm, capsys)
     assert ok and "correct" in out
     # the checker's formula is PyTorch's own RMSNorm
-    ok, out = _verdict("3.2", lambda x, w, eps=1e-5: F.rms_norm(x, x.shape[-1:], w, eps), capsys)
+    ok, out = _verdict("3.1", lambda x, w, eps=1e-5: F.rms_norm(x, x.shape[-1:], w, eps), capsys)
     assert ok
 
 
@@ -86,73 +45,24 @@ def test_3_2_accepts_rms_norm_and_matches_torch(capsys):
         (lambda x, w, eps=1e-5: x.mean(-1), "output shape"),
     ],
 )
-def test_3_2_rejects_wrong_rms_norms(wrong, hint, capsys):
-    ok, out = _verdict("3.2", wrong, capsys)
+def test_3_1_rejects_wrong_rms_norms(wrong, hint, capsys):
+    ok, out = _verdict("3.1", wrong, capsys)
     assert not ok and hint in out
 
 
-# --- 3.3 parameter count ----------------------------------------------------------------------
+# --- 3.2 post-norm block ---------------------------------------------------------------------
 
 
-def test_formula_gives_gpt2_small_count():
-    assert gpt_parameter_count(50257, 1024, 12, 768) == 124_439_808
-
-
-def test_formula_matches_gptlab_model():
-    from gptlab.model import GPT, GPTConfig
-
-    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=3, n_head=2, n_embd=24)
-    assert GPT(cfg).num_parameters() == gpt_parameter_count(97, 16, 3, 24)
-
-
-def test_formula_rejects_bad_input():
-    with pytest.raises(ValueError, match="n_embd must be a positive int"):
-        gpt_parameter_count(10, 10, 1, 0)
-
-
-def test_3_3_accepts_the_formula(capsys):
-    def count(V, T, L, d):
-        return (
-            V * d
-            + T * d
-            + L * (2 * 2 * d + 3 * d * d + 3 * d + d * d + d + 8 * d * d + 5 * d)
-            + 2 * d
-        )
-
-    ok, out = _verdict("3.3", count, capsys)
-    assert ok and "correct" in out
-
-
-@pytest.mark.parametrize(
-    ("wrong", "hint"),
-    [
-        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) + V * d, "tied to wte"),
-        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) - T * d, "position embeddings"),
-        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) - L * 4 * d - 2 * d, "LayerNorms"),
-        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) - L * 9 * d, "biases"),
-        (lambda V, T, L, d: V * d + T * d + L * 12 * d * d, "linear in d"),
-        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) + 1, "off by +1"),
-        (lambda V, T, L, d: "124M", "return an int"),
-    ],
-)
-def test_3_3_rejects_wrong_counts(wrong, hint, capsys):
-    ok, out = _verdict("3.3", wrong, capsys)
-    assert not ok and hint in out
-
-
-# --- 3.4 post-norm block ---------------------------------------------------------------------
-
-
-def test_3_4_accepts_post_norm(capsys):
+def test_3_2_accepts_post_norm(capsys):
     def block(x, ln_1, attn, ln_2, mlp):
         x = ln_1(x + attn(x))
         return ln_2(x + mlp(x))
 
-    ok, out = _verdict("3.4", block, capsys)
+    ok, out = _verdict("3.2", block, capsys)
     assert ok and "correct" in out
 
 
-def test_3_4_rejects_the_gptlab_pre_norm_block(capsys):
+def test_3_2_rejects_the_gptlab_pre_norm_block(capsys):
     """The package's own (pre-norm) block, driven through the same sublayers, is not post-norm."""
     from gptlab.model import GPT, GPTConfig
 
@@ -172,7 +82,7 @@ def test_3_4_rejects_the_gptlab_pre_norm_block(capsys):
         blk.ln_1, blk.attn, blk.ln_2, blk.mlp = ln_1, AttnStandIn(attn), ln_2, mlp
         return blk(x)
 
-    ok, out = _verdict("3.4", via_package, capsys)
+    ok, out = _verdict("3.2", via_package, capsys)
     assert not ok and "that is the pre-norm block" in out
 
 
@@ -192,7 +102,128 @@ def test_3_4_rejects_the_gptlab_pre_norm_block(capsys):
         (lambda x, ln_1, attn, ln_2, mlp: x[0], "output shape"),
     ],
 )
-def test_3_4_rejects_other_blocks(wrong, hint, capsys):
+def test_3_2_rejects_other_blocks(wrong, hint, capsys):
+    ok, out = _verdict("3.2", wrong, capsys)
+    assert not ok and hint in out
+
+
+# --- 3.3 is it causal? ----------------------------------------------------------------------
+
+
+def _is_causal(forward, vocab_size, length):
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(vocab_size, (1, length), generator=gen)
+    base = forward(idx)
+    for t in range(length):
+        changed = idx.clone()
+        changed[0, t] = (idx[0, t] + 1) % vocab_size
+        if not torch.allclose(forward(changed)[:, :t], base[:, :t]):
+            return False
+    return True
+
+
+def test_3_3_accepts_a_correct_test(capsys):
+    ok, out = _verdict("3.3", _is_causal, capsys)
+    assert ok and "correct" in out
+
+
+def test_3_3_leaves_the_readers_random_state_alone(capsys):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check("3.3", _is_causal, quiet=True)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def _only_first_token(forward, vocab_size, length):  # changes token 0 only: sees no leak
+    idx = torch.zeros(1, length, dtype=torch.long)
+    changed = idx.clone()
+    changed[0, 0] = 1
+    return bool(torch.allclose(forward(changed)[:, :0], forward(idx)[:, :0]))
+
+
+def _only_last_token(forward, vocab_size, length):  # misses leaks that end before the last token
+    idx = torch.zeros(1, length, dtype=torch.long)
+    changed = idx.clone()
+    changed[0, -1] = 1
+    return bool(torch.allclose(forward(changed)[:, :-1], forward(idx)[:, :-1]))
+
+
+def _too_strict(forward, vocab_size, length):  # also demands that LATER positions stay put
+    idx = torch.zeros(1, length, dtype=torch.long)
+    for t in range(length):
+        changed = idx.clone()
+        changed[0, t] = 1
+        out, base = forward(changed), forward(idx)
+        if not torch.allclose(
+            torch.cat([out[:, :t], out[:, t + 1 :]], 1),
+            torch.cat([base[:, :t], base[:, t + 1 :]], 1),
+        ):
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (_only_first_token, "position 0 sees token 1 is NOT causal"),
+        (_only_last_token, "position 0 sees token 1 is NOT causal"),
+        (_too_strict, "gptlab's GPT (causal) is causal"),
+        (lambda forward, V, T: True, "is NOT causal"),
+        (lambda forward, V, T: "yes", "return True or False"),
+        (True, "pass your function itself"),
+    ],
+)
+def test_3_3_rejects_wrong_tests(wrong, hint, capsys):
+    ok, out = _verdict("3.3", wrong, capsys)
+    assert not ok and hint in out
+
+
+# --- 3.4 parameter count ----------------------------------------------------------------------
+
+
+def test_formula_gives_gpt2_small_count():
+    assert gpt_parameter_count(50257, 1024, 12, 768) == 124_439_808
+
+
+def test_formula_matches_gptlab_model():
+    from gptlab.model import GPT, GPTConfig
+
+    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=3, n_head=2, n_embd=24)
+    assert GPT(cfg).num_parameters() == gpt_parameter_count(97, 16, 3, 24)
+
+
+def test_formula_rejects_bad_input():
+    with pytest.raises(ValueError, match="n_embd must be a positive int"):
+        gpt_parameter_count(10, 10, 1, 0)
+
+
+def test_3_4_accepts_the_formula(capsys):
+    def count(V, T, L, d):
+        return (
+            V * d
+            + T * d
+            + L * (2 * 2 * d + 3 * d * d + 3 * d + d * d + d + 8 * d * d + 5 * d)
+            + 2 * d
+        )
+
+    ok, out = _verdict("3.4", count, capsys)
+    assert ok and "correct" in out
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) + V * d, "tied to wte"),
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) - T * d, "position embeddings"),
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) - L * 4 * d - 2 * d, "LayerNorms"),
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) - L * 9 * d, "biases"),
+        (lambda V, T, L, d: V * d + T * d + L * 12 * d * d, "linear in C"),
+        (lambda V, T, L, d: gpt_parameter_count(V, T, L, d) + 1, "off by +1"),
+        (lambda V, T, L, d: "124M", "return an int"),
+    ],
+)
+def test_3_4_rejects_wrong_counts(wrong, hint, capsys):
     ok, out = _verdict("3.4", wrong, capsys)
     assert not ok and hint in out
 

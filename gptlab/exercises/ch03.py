@@ -1,14 +1,15 @@
-"""Checkers for chapter 3, "The GPT architecture".
+"""Checkers for the exercises of chapter 3, "The GPT architecture".
 
 Each checker compares the reader's answer with a reference computed here from the formula (or
-with PyTorch's own implementation), and recognises the usual mistakes so that the hint names the
-one the reader made.
+with PyTorch's and gptlab's own modules), and recognises the usual mistakes so that the hint
+names the one the reader made.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +17,23 @@ from torch import Tensor, nn
 
 from gptlab.exercises import NotSolved, exercise
 
-__all__ = ["gpt_parameter_count", "expected_initial_loss"]
+__all__ = [
+    "check_initial_loss",
+    "check_is_causal",
+    "check_parameter_count",
+    "check_post_norm_block",
+    "check_rms_norm",
+    "expected_initial_loss",
+    "gpt_parameter_count",
+]
 
 
 def gpt_parameter_count(vocab_size: int, block_size: int, n_layer: int, n_embd: int) -> int:
     """Parameters of a GPT-2-style model with biases and a language-model head tied to ``wte``.
 
-    Embeddings ``V·d + T·d``; per block two LayerNorms (``2·2d``), attention (``4d² + 4d``) and the
-    MLP (``8d² + 5d``), i.e. ``12d² + 13d``; the final LayerNorm ``2d``; the tied head adds nothing.
+    Embeddings ``V·C + T·C``; per block two LayerNorms (``2·2C``), attention (``4C² + 4C``) and
+    the MLP (``8C² + 5C``), i.e. ``12C² + 13C``; the final LayerNorm ``2C``; the tied head adds
+    nothing.
     """
     for name, value in (
         ("vocab_size", vocab_size),
@@ -33,8 +43,8 @@ def gpt_parameter_count(vocab_size: int, block_size: int, n_layer: int, n_embd: 
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}; e.g. n_embd=768")
-    d = n_embd
-    return vocab_size * d + block_size * d + n_layer * (12 * d * d + 13 * d) + 2 * d
+    C = n_embd
+    return vocab_size * C + block_size * C + n_layer * (12 * C * C + 13 * C) + 2 * C
 
 
 def expected_initial_loss(vocab_size: int, logit_std: float) -> float:
@@ -46,14 +56,22 @@ def expected_initial_loss(vocab_size: int, logit_std: float) -> float:
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
         raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
-    if not logit_std >= 0:
-        raise ValueError(f"logit_std must be >= 0, got {logit_std!r}")
+    if isinstance(logit_std, bool) or not isinstance(logit_std, (int, float)) or logit_std < 0:
+        raise ValueError(f"logit_std must be a number >= 0, got {logit_std!r}")
     return math.log(vocab_size) + logit_std**2 / 2
 
 
-def _as_tensor(out: object, what: str) -> Tensor:
+def _callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
+    if not callable(answer):
+        raise NotSolved(
+            f"pass your function itself, e.g. check('{exercise_id}', {name}), not its result"
+        )
+    return answer
+
+
+def _tensor(out: Any, name: str) -> Tensor:
     if not isinstance(out, Tensor):
-        raise NotSolved(f"{what} should return a torch.Tensor, got {type(out).__name__}")
+        raise NotSolved(f"{name} should return a torch.Tensor, got {type(out).__name__}")
     return out
 
 
@@ -61,49 +79,28 @@ def _close(a: Tensor, b: Tensor, atol: float) -> bool:
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=0)
 
 
-# --- 3.1 LayerNorm ------------------------------------------------------------------------------
-
-
-@exercise("3.1", "LayerNorm from its formula")
-def _check_layer_norm(layer_norm: Callable[..., Tensor]) -> str | None:
-    gen = torch.Generator().manual_seed(31)
-    for shape, offset in (((2, 5, 16), 0.0), ((3, 8), 4.0), ((1, 4, 7), -50.0)):
-        d = shape[-1]
-        x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + offset
-        weight = torch.randn(d, generator=gen, dtype=torch.float64)
-        bias = torch.randn(d, generator=gen, dtype=torch.float64)
-        eps = 1e-5
-        want = F.layer_norm(x, (d,), weight, bias, eps)
-        got = _as_tensor(layer_norm(x.clone(), weight, bias, eps), "layer_norm")
-        if got.shape != want.shape:
-            return f"output shape {tuple(got.shape)} should equal the input shape {tuple(shape)}"
-        if _close(got, want, 1e-8):
-            continue
-        mean = x.mean(-1, keepdim=True)
-        unbiased = (x - mean) / torch.sqrt(x.var(-1, keepdim=True, unbiased=True) + eps)
-        if _close(got, unbiased * weight + bias, 1e-8):
-            return "use the biased variance (divide by d, not d - 1): x.var(-1, unbiased=False)"
-        eps_outside = (x - mean) / (x.std(-1, keepdim=True, unbiased=False) + eps)
-        if _close(got, eps_outside * weight + bias, 1e-8):
-            return "add eps to the variance inside the square root: sqrt(var + eps)"
-        plain = F.layer_norm(x, (d,), None, None, eps)
-        if _close(got, plain, 1e-8):
-            return "normalising is right; now scale by weight (gamma) and shift by bias (beta)"
-        err = (got.double() - want).abs().max().item()
-        return (
-            f"for input shape {tuple(shape)} the result differs from torch.nn.functional.layer_norm "
-            f"by up to {err:.3g}; normalise over the LAST dimension only (mean and variance with "
-            "dim=-1, keepdim=True)"
+def _number(out: Any, name: str, kind: type) -> Any:
+    if isinstance(out, Tensor) and out.numel() == 1:
+        out = out.item()
+    if kind is int and isinstance(out, float) and out.is_integer():
+        out = int(out)
+    ok = (int,) if kind is int else (int, float)
+    if isinstance(out, bool) or not isinstance(out, ok):
+        raise NotSolved(
+            f"{name} should return a{'n' if kind is int else ''} {kind.__name__}, "
+            f"got {type(out).__name__}"
         )
-    return None
+    return out
 
 
-# --- 3.2 RMSNorm -------------------------------------------------------------------------------
+# --- 3.1 RMSNorm --------------------------------------------------------------------------------
 
 
-@exercise("3.2", "RMSNorm, LayerNorm's simpler sibling")
-def _check_rms_norm(rms_norm: Callable[..., Tensor]) -> str | None:
-    gen = torch.Generator().manual_seed(32)
+@exercise("3.1", "RMSNorm, LayerNorm's simpler sibling")
+def check_rms_norm(answer: Any) -> str | None:
+    """``rms_norm(x, weight, eps)`` must equal ``x / sqrt(mean(x², -1) + eps) * weight``."""
+    rms_norm = _callable(answer, "rms_norm", "3.1")
+    gen = torch.Generator().manual_seed(31)
     for shape, offset in (((2, 5, 16), 0.0), ((3, 8), 4.0), ((1, 4, 7), -5.0)):
         d = shape[-1]
         x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + offset
@@ -111,7 +108,7 @@ def _check_rms_norm(rms_norm: Callable[..., Tensor]) -> str | None:
         eps = 1e-5
         ms = x.pow(2).mean(-1, keepdim=True)
         want = x / torch.sqrt(ms + eps) * weight
-        got = _as_tensor(rms_norm(x.clone(), weight, eps), "rms_norm")
+        got = _tensor(rms_norm(x.clone(), weight, eps), "rms_norm")
         if got.shape != want.shape:
             return f"output shape {tuple(got.shape)} should equal the input shape {tuple(shape)}"
         if _close(got, want, 1e-8):
@@ -132,46 +129,7 @@ def _check_rms_norm(rms_norm: Callable[..., Tensor]) -> str | None:
     return None
 
 
-# --- 3.3 parameter count ------------------------------------------------------------------------
-
-_CONFIGS = (
-    (50257, 1024, 12, 768),  # GPT-2 small
-    (50257, 1024, 24, 1024),  # GPT-2 medium
-    (65, 64, 2, 32),
-    (1000, 16, 3, 48),
-)
-
-
-@exercise("3.3", "count the parameters of a GPT config")
-def _check_param_count(count: Callable[[int, int, int, int], int]) -> str | None:
-    for V, T, L, d in _CONFIGS:
-        got = count(V, T, L, d)
-        if isinstance(got, Tensor):
-            got = got.item()
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
-        if isinstance(got, bool) or not isinstance(got, int):
-            return f"return an int, got {type(got).__name__}"
-        want = gpt_parameter_count(V, T, L, d)
-        if got == want:
-            continue
-        args = f"(vocab_size={V}, block_size={T}, n_layer={L}, n_embd={d})"
-        diff = got - want
-        if diff == V * d:
-            return f"{args}: you counted the LM head; it is tied to wte and adds no parameters"
-        if diff == -T * d:
-            return f"{args}: add the position embeddings wpe (block_size × n_embd)"
-        if diff == -(L * 4 * d + 2 * d):
-            return f"{args}: add the LayerNorms: 2 per block plus the final one, each 2·n_embd"
-        if diff == -(L * 9 * d):
-            return f"{args}: add the Linear biases: 3d + d in attention, 4d + d in the MLP"
-        if diff == -(L * 13 * d + 2 * d):
-            return f"{args}: you left out every bias and LayerNorm vector (the terms linear in d)"
-        return f"{args}: expected {want:,}, got {got:,} (off by {diff:+,})"
-    return None
-
-
-# --- 3.4 the post-norm block --------------------------------------------------------------------
+# --- 3.2 the post-norm block --------------------------------------------------------------------
 
 
 def _sublayers(d: int, gen: torch.Generator) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
@@ -185,16 +143,18 @@ def _sublayers(d: int, gen: torch.Generator) -> tuple[nn.Module, nn.Module, nn.M
     return ln_1, attn, ln_2, mlp
 
 
-@exercise("3.4", "the original post-norm block")
-def _check_post_norm_block(block: Callable[..., Tensor]) -> str | None:
-    gen = torch.Generator().manual_seed(34)
+@exercise("3.2", "the original post-norm block")
+def check_post_norm_block(answer: Any) -> str | None:
+    """``post_norm_block(x, ln_1, attn, ln_2, mlp)`` must compute ``ln_2(h + mlp(h))``, ``h = ln_1(x + attn(x))``."""
+    block = _callable(answer, "post_norm_block", "3.2")
+    gen = torch.Generator().manual_seed(32)
     d = 12
     ln_1, attn, ln_2, mlp = _sublayers(d, gen)
     x = torch.randn(2, 5, d, generator=gen) * 2
     with torch.no_grad():
         h = ln_1(x + attn(x))
         want = ln_2(h + mlp(h))
-        got = _as_tensor(block(x.clone(), ln_1, attn, ln_2, mlp), "post_norm_block")
+        got = _tensor(block(x.clone(), ln_1, attn, ln_2, mlp), "post_norm_block")
         if _close(got, want, 1e-5):
             return None
         if got.shape != want.shape:
@@ -212,17 +172,112 @@ def _check_post_norm_block(block: Callable[..., Tensor]) -> str | None:
     return "the output differs from h = ln_1(x + attn(x)) followed by ln_2(h + mlp(h))"
 
 
+# --- 3.3 is a model causal? ---------------------------------------------------------------------
+
+
+def _leaky(base: Callable[[Tensor], Tensor], src: int, dst: int, vocab_size: int):
+    """``base`` plus a small leak: the logits at position ``dst`` depend on the token at ``src``."""
+
+    def forward(idx: Tensor) -> Tensor:
+        logits = base(idx).clone()
+        if idx.shape[1] > max(src, dst):
+            logits[:, dst] += 0.1 * F.one_hot(idx[:, src], vocab_size).to(logits.dtype)
+        return logits
+
+    return forward
+
+
+@exercise("3.3", "test that a model never looks ahead")
+def check_is_causal(answer: Any) -> str | None:
+    """``is_causal(forward, vocab_size, length)`` must tell causal models from ones that peek ahead."""
+    from gptlab.model import GPT, GPTConfig  # the package's model is the causal reference
+
+    is_causal = _callable(answer, "is_causal", "3.3")
+    V, T = 23, 8
+    with torch.random.fork_rng(devices=[]):  # leave the reader's random state untouched
+        torch.manual_seed(33)
+        gpt = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=2, n_embd=16)).eval()
+
+    def causal(idx: Tensor) -> Tensor:
+        with torch.no_grad():
+            return gpt(idx)[0]  # (B, T, V)
+
+    def bag_of_words(idx: Tensor) -> Tensor:  # every position sees the whole sequence
+        counts = F.one_hot(idx, V).float().mean(dim=1, keepdim=True)  # (B, 1, V)
+        return causal(idx) + 0.1 * counts
+
+    cases = [
+        ("gptlab's GPT (causal)", causal, True),
+        ("a model whose position 0 sees token 1", _leaky(causal, 1, 0, V), False),
+        ("a model whose position 2 sees token 5", _leaky(causal, 5, 2, V), False),
+        (
+            f"a model whose position 0 sees the last token ({T - 1})",
+            _leaky(causal, T - 1, 0, V),
+            False,
+        ),
+        ("a model that averages over all positions", bag_of_words, False),
+        ("a model whose LAST position sees token 0 (allowed)", _leaky(causal, 0, T - 1, V), True),
+    ]
+    for name, forward, want in cases:
+        got = is_causal(forward, V, T)
+        if isinstance(got, Tensor) and got.numel() == 1:
+            got = bool(got.item())
+        if not isinstance(got, bool):
+            return f"return True or False, got {type(got).__name__}"
+        if got != want:
+            verdict = "causal" if want else "NOT causal"
+            how = (
+                "change the token at each position t in turn and compare the logits at positions "
+                "before t (they must not move; positions t and after may)"
+            )
+            return f"{name} is {verdict}, but your function returned {got}; {how}"
+    return None
+
+
+# --- 3.4 parameter count ------------------------------------------------------------------------
+
+_CONFIGS = (
+    (50257, 1024, 12, 768),  # GPT-2 small
+    (50257, 1024, 24, 1024),  # GPT-2 medium
+    (65, 64, 2, 32),
+    (1000, 16, 3, 48),
+)
+
+
+@exercise("3.4", "count the parameters of a GPT config")
+def check_parameter_count(answer: Any) -> str | None:
+    """``count(vocab_size, block_size, n_layer, n_embd)`` must equal :func:`gpt_parameter_count`."""
+    count = _callable(answer, "count_parameters", "3.4")
+    for V, T, L, C in _CONFIGS:
+        got = _number(count(V, T, L, C), "count_parameters", int)
+        want = gpt_parameter_count(V, T, L, C)
+        if got == want:
+            continue
+        args = f"(vocab_size={V}, block_size={T}, n_layer={L}, n_embd={C})"
+        diff = got - want
+        if diff == V * C:
+            return f"{args}: you counted the LM head; it is tied to wte and adds no parameters"
+        if diff == -T * C:
+            return f"{args}: add the position embeddings wpe (block_size × n_embd)"
+        if diff == -(L * 4 * C + 2 * C):
+            return f"{args}: add the LayerNorms: 2 per block plus the final one, each 2·n_embd"
+        if diff == -(L * 9 * C):
+            return f"{args}: add the Linear biases: 3C + C in attention, 4C + C in the MLP"
+        if diff == -(L * 13 * C + 2 * C):
+            return f"{args}: you left out every bias and LayerNorm vector (the terms linear in C)"
+        return f"{args}: expected {want:,}, got {got:,} (off by {diff:+,})"
+    return None
+
+
 # --- 3.5 the loss of an untrained model ---------------------------------------------------------
 
 
 @exercise("3.5", "predict the loss of an untrained model")
-def _check_initial_loss(estimate: Callable[[int, float], float]) -> str | None:
+def check_initial_loss(answer: Any) -> str | None:
+    """``estimate(vocab_size, logit_std)`` must be within 0.01 of ``ln V + σ²/2``."""
+    estimate = _callable(answer, "initial_loss", "3.5")
     for V, sigma in ((50257, 0.0), (65, 0.0), (50257, 0.5), (10000, 1.0), (50257, 0.25)):
-        got = estimate(V, sigma)
-        if isinstance(got, Tensor):
-            got = got.item()
-        if not isinstance(got, (int, float)) or isinstance(got, bool):
-            return f"return a float, got {type(got).__name__}"
+        got = _number(estimate(V, sigma), "initial_loss", float)
         want = expected_initial_loss(V, sigma)
         if abs(got - want) <= 0.01:
             continue
