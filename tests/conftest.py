@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 # Set before any kernel starts, so notebook kernels inherit them and set ordering is reproducible.
-# MPLBACKEND is deliberately NOT set: kernels must keep the inline backend, or figure cells
-# produce no output and nbval fails. Without a display, matplotlib picks Agg in unit tests anyway.
+# MPLBACKEND is removed: kernels must keep the inline backend, or figure cells produce no
+# output and nbval fails. Without a display, matplotlib picks Agg in unit tests anyway.
+os.environ.pop("MPLBACKEND", None)
 os.environ.setdefault("PYTHONHASHSEED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
