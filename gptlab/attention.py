@@ -110,8 +110,9 @@ class KVCache:
 
     Without a cache, producing token ``t`` re-runs the model over all ``t`` previous tokens; with
     it, each layer appends the new token's key and value and attends over the stored ones.
-    Storage ``(B, n_head, max_length, head_dim)`` per layer is preallocated on the first write
-    (so steps do no reallocation); ``length`` counts the positions stored in every layer.
+    Storage ``(B, n_head, max_length, head_dim)`` per layer is allocated once, by
+    :meth:`allocate` or at the first write, so decoding steps only copy into it; ``length``
+    counts the positions stored in every layer.
     Prefill with a prompt (any number of tokens), then append one token at a time.
     """
 
@@ -124,6 +125,21 @@ class KVCache:
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
         self._lengths = [0] * n_layer
+
+    def allocate(
+        self,
+        batch_size: int,
+        n_head: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Allocate every layer's storage now instead of at its first write."""
+        shape = (batch_size, n_head, self.max_length, head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(self.n_layer)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(self.n_layer)]
+        self._lengths = [0] * self.n_layer
 
     @property
     def length(self) -> int:

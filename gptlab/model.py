@@ -302,11 +302,10 @@ class GPT(nn.Module):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         cache = KVCache(self.config.n_layer, self.config.block_size)
-        # Preallocate now, so the first decoding step does not pay for it.
-        ref = self.transformer.wte.weight
-        shape = (batch_size, self.config.n_head, self.config.block_size, self.config.head_dim)
-        cache.k = [ref.new_empty(shape) for _ in range(self.config.n_layer)]
-        cache.v = [ref.new_empty(shape) for _ in range(self.config.n_layer)]
+        wte = self.transformer.wte.weight
+        cache.allocate(
+            batch_size, self.config.n_head, self.config.head_dim, dtype=wte.dtype, device=wte.device
+        )
         return cache
 
     def num_parameters(self, non_embedding: bool = False) -> int:
