@@ -13,15 +13,17 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 __all__ = ["plot_attention", "plot_loss_curves", "plot_next_token_probs"]
 
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
-    """Return ``ax``, or the Axes of a fresh Figure (not registered with pyplot: no leaks)."""
+    """Return ``ax``, or the Axes of a new pyplot figure (so notebooks display it inline)."""
     if ax is None:
-        return Figure(figsize=figsize, layout="constrained").add_subplot()
+        import matplotlib.pyplot as plt  # imported late: choosing a backend is the caller's call
+
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+        return ax
     if not isinstance(ax, Axes):
         raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     return ax

@@ -9,10 +9,17 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from gptlab.plotting import plot_attention, plot_loss_curves, plot_next_token_probs  # noqa: E402
 from gptlab.train import History  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
 
 
 def make_history(n: int = 50, tokens_per_step: int = 512) -> History:
@@ -34,6 +41,7 @@ def secondary_axes(ax):
 
 def test_loss_curves_have_labels_title_and_tokens_axis():
     ax = plot_loss_curves(make_history())
+    assert ax.figure in map(plt.figure, plt.get_fignums())  # a pyplot figure: notebooks show it
     assert ax.get_title() == "Training and validation loss"
     assert ax.get_xlabel() == "optimizer step"
     assert "loss" in ax.get_ylabel()
