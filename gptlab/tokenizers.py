@@ -23,6 +23,7 @@ import heapq
 import importlib.resources
 import json
 import os
+import pathlib
 import re
 import warnings
 from collections import Counter
@@ -393,7 +394,10 @@ class BPETokenizer:
 
         Ids 0..255 are the single bytes, then one id per merge, then the special tokens. Each step
         merges the most frequent adjacent pair (ties: the greatest pair of byte strings). Special
-        tokens are cut out of the text first, so they are never split or merged.
+        tokens are cut out of the text first, so they are never split or merged. Pair counts are
+        kept up to date incrementally: a merge re-counts only the distinct pre-tokens containing
+        the pair. If a pair rebuilds bytes that are already a token, that token's id is reused
+        (the vocabulary never holds the same bytes twice).
         """
         _check_text(text)
         specials = _check_special_tokens(special_tokens)
@@ -501,7 +505,7 @@ class BPETokenizer:
         ``special_tokens`` defaults to ``{"<|endoftext|>": <number of ranks>}``.
         """
         try:
-            data = open(path, "rb").read()  # noqa: SIM115 - read in one go
+            data = pathlib.Path(path).read_bytes()
         except FileNotFoundError:
             raise TokenizerFileError(
                 f"no ranks file at {os.fspath(path)!r}; check the path"
