@@ -1,0 +1,371 @@
+"""Chat format, prompt-masked examples, padding, fine-tuning loop and the windowed chat session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptlab.chat import (
+    IGNORE_INDEX,
+    ChatDataset,
+    ChatSession,
+    build_example,
+    chat_loader,
+    chat_loop,
+    collate_chat,
+    conversation_segments,
+    end_token_id,
+    evaluate_chat,
+    finetune_chat,
+    format_conversation,
+    tokenize_conversation,
+)
+from gptlab.model import GPT, GPTConfig
+from gptlab.tokenizers import BPETokenizer, CharTokenizer, get_tokenizer
+
+GPT2_EOT = 50256
+
+CONVERSATIONS = [
+    ["What is AI?", "The science of machines that think."],
+    ["Hello", "Hi there!", "How are you?", "Fine, thanks.", "Bye", "Goodbye."],
+    ["Tell me a joke", "Why did the chicken cross the road?", "Why?"],  # ends with a question
+    ["Do you like  spaces?  ", "  Yes,\nand newlines.\n"],
+    ["Type <|endoftext|> please", "I would rather not."],
+    ["What's 2 + 2?", "It's 4 -- isn't it?"],
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def gpt2_tok():
+    return get_tokenizer("gpt2")
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """A small byte-level BPE with <|endoftext|>, trained on the dialogue snippets above."""
+    text = "\n\n".join(format_conversation(c[: len(c) // 2 * 2]) for c in CONVERSATIONS) * 3
+    return BPETokenizer.train(text.replace("<|endoftext|>", "\n"), 300)
+
+
+def tiny_gpt(vocab_size: int, seed: int = 0, block_size: int = 64) -> GPT:
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=16)
+    return GPT(cfg).eval()
+
+
+def always_eos_gpt(vocab_size: int, eos: int, block_size: int = 64) -> GPT:
+    """A GPT whose every next-token prediction is ``eos`` (greedy): the final LayerNorm outputs a
+    constant vector aligned with the (enlarged) embedding of eos, and the head is tied to it."""
+    model = tiny_gpt(vocab_size, block_size=block_size)
+    with torch.no_grad():
+        model.transformer.wte.weight[eos] *= 100
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(model.transformer.wte.weight[eos])
+    return model
+
+
+# ---------------------------------------------------------------------------------- format
+
+
+def test_format_conversation_exact_string():
+    text = format_conversation(["Hi", " Hello! ", "Bye"], system="Be brief.")
+    assert text == (
+        "SYSTEM:\nBe brief.<|endoftext|>USER:\nHi\n\nBOT:\nHello!<|endoftext|>USER:\nBye\n\nBOT:\n"
+    )
+    assert format_conversation(["Hi", "Hello!"]) == "USER:\nHi\n\nBOT:\nHello!<|endoftext|>"
+
+
+def test_segments_mark_only_replies_and_end_marker():
+    pieces = conversation_segments(["Hi", "Hello!"], system="S")
+    learned = [p.text for p in pieces if p.is_response]
+    assert learned == ["Hello!", "<|endoftext|>"]
+    open_pieces = conversation_segments(["Hi"], add_generation_prompt=False)
+    assert "".join(p.text for p in open_pieces) == "USER:\nHi"
+
+
+@pytest.mark.parametrize("tok_name", ["gpt2_tok", "bpe"])
+def test_piecewise_tokens_equal_whole_string_encoding(tok_name, request):
+    """Encoding tag, message and separator separately gives the ids of the whole string, so the
+    format tokenizes the same way in training and at chat time."""
+    tok = request.getfixturevalue(tok_name)
+    eos = end_token_id(tok)
+    for conv in CONVERSATIONS:
+        for system in (None, "You are a helpful chatbot."):
+            ids, flags = tokenize_conversation(conv, tok, system)
+            text = format_conversation(conv, system)
+            if "Type <|endoftext|>" in conv[0]:
+                # typed by the user: plain text, never the special id
+                assert ids.count(eos) == 1 + (system is not None) and flags[-1]
+                continue
+            assert ids == tok.encode(text, allowed_special={"<|endoftext|>"})
+            assert len(flags) == len(ids)
+
+
+def test_tags_encode_to_the_same_ids_everywhere(gpt2_tok):
+    user_tag = gpt2_tok.encode_ordinary("USER:\n")
+    for conv in CONVERSATIONS:
+        conv = conv[: len(conv) // 2 * 2]
+        ids, _ = tokenize_conversation(conv, gpt2_tok)
+        starts = [i for i in range(len(ids)) if ids[i : i + len(user_tag)] == user_tag]
+        assert len(starts) == len(conv) // 2
+
+
+# ---------------------------------------------------------------------------------- masking
+
+
+def test_masking_exact_positions_single_exchange(gpt2_tok):
+    prompt = gpt2_tok.encode_ordinary("USER:\nHi\n\nBOT:\n")
+    reply = gpt2_tok.encode_ordinary("Hello!")
+    ids = prompt + reply + [GPT2_EOT]
+    x, y = build_example(["Hi", "Hello!"], gpt2_tok, block_size=64)
+    assert x.tolist() == ids[:-1]
+    n = len(prompt)
+    # y[t] predicts ids[t + 1]: the first reply token is predicted from the last prompt token
+    assert y[: n - 1].tolist() == [IGNORE_INDEX] * (n - 1)
+    assert y[n - 1 :].tolist() == reply + [GPT2_EOT]
+    x2, y2 = build_example(["Hi", "Hello!"], gpt2_tok, block_size=64, mask_prompt=False)
+    assert torch.equal(x2, x) and y2.tolist() == ids[1:]
+
+
+def test_masking_multi_turn_with_system(gpt2_tok):
+    enc = gpt2_tok.encode_ordinary
+    parts = [
+        (enc("SYSTEM:\nBe kind.") + [GPT2_EOT] + enc("USER:\nHello\n\nBOT:\n"), False),
+        (enc("Hi there!") + [GPT2_EOT], True),
+        (enc("USER:\nHow are you?\n\nBOT:\n"), False),
+        (enc("Fine.") + [GPT2_EOT], True),
+    ]
+    ids = [t for p, _ in parts for t in p]
+    learn = [flag for p, flag in parts for _ in p]
+    turns = ["Hello", "Hi there!", "How are you?", "Fine."]
+    x, y = build_example(turns, gpt2_tok, block_size=128, system="Be kind.")
+    expected = [ids[t + 1] if learn[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)]
+    assert x.tolist() == ids[:-1] and y.tolist() == expected
+    assert int((y != IGNORE_INDEX).sum()) == sum(learn)
+
+
+def test_masked_loss_is_cross_entropy_over_reply_tokens_only(bpe):
+    model = tiny_gpt(bpe.vocab_size)
+    x, y = build_example(CONVERSATIONS[1], bpe, block_size=64)
+    logits, loss = model(x[None], y[None])
+    keep = y != IGNORE_INDEX
+    manual = F.cross_entropy(logits[0][keep], y[keep])
+    torch.testing.assert_close(loss, manual)
+
+
+# ---------------------------------------------------------------------------------- truncation
+
+
+def test_truncation_drops_oldest_exchanges_and_keeps_system(gpt2_tok):
+    turns = [f"question number {i} " * 3 for i in range(6)]
+    turns = [t if k % 2 == 0 else f"answer {k}" for k, t in enumerate(turns)]
+    full_x, _ = build_example(turns, gpt2_tok, block_size=512, system="SYS")
+    for block_size in (30, 40, 60, len(full_x) - 1):
+        x, y = build_example(turns, gpt2_tok, block_size=block_size, system="SYS")
+        assert len(x) == len(y) <= block_size
+        text = gpt2_tok.decode(x.tolist())
+        assert text.startswith("SYSTEM:\nSYS<|endoftext|>USER:\n")
+        assert "answer 5" in text or len(x) == block_size  # newest exchange kept
+        assert (y != IGNORE_INDEX).any()
+    x, _ = build_example(turns, gpt2_tok, block_size=len(full_x) - 1, system="SYS")
+    assert "question number 0" not in gpt2_tok.decode(x.tolist())  # the oldest went first
+    assert "question number 2" in gpt2_tok.decode(x.tolist())
+
+
+def test_truncation_cuts_a_long_reply_at_the_end(gpt2_tok):
+    x, y = build_example(["Hi", "word " * 100], gpt2_tok, block_size=16)
+    assert len(x) == len(y) == 16
+    prompt = gpt2_tok.encode_ordinary("USER:\nHi\n\nBOT:\n")
+    assert x.tolist()[: len(prompt)] == prompt
+    assert GPT2_EOT not in y.tolist()  # the end marker was cut off
+
+
+def test_prompt_that_fills_the_window_is_an_error(gpt2_tok):
+    with pytest.raises(ValueError, match="nothing of the reply fits in block_size=8"):
+        build_example(["a long question " * 10, "ok"], gpt2_tok, block_size=8)
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def test_dataset_drops_unanswered_message_and_counts(bpe):
+    ds = ChatDataset(CONVERSATIONS, bpe, block_size=64)
+    assert len(ds) == len(CONVERSATIONS) and ds.n_skipped == 0
+    x, _ = ds[2]  # "Tell me a joke": its trailing "Why?" is gone
+    assert "Why?" not in bpe.decode(x.tolist())
+    assert ds.num_target_tokens() == sum(int((y != IGNORE_INDEX).sum()) for _, y in ds)
+    small = ChatDataset([["a long question " * 10, "ok"], ["Hi", "Yo"]], bpe, block_size=12)
+    assert len(small) == 1 and small.n_skipped == 1
+
+
+def test_collate_pads_right_and_padding_does_not_change_logits(bpe):
+    ds = ChatDataset(CONVERSATIONS, bpe, block_size=64)
+    batch = [ds[0], ds[1]]
+    pad = end_token_id(bpe)
+    x, y = collate_chat(batch, pad_id=pad)
+    T = max(len(b[0]) for b in batch)
+    assert x.shape == y.shape == (2, T)
+    n0 = len(batch[0][0])
+    assert (x[0, n0:] == pad).all() and (y[0, n0:] == IGNORE_INDEX).all()
+    model = tiny_gpt(bpe.vocab_size)
+    logits, _ = model(x)
+    alone, _ = model(batch[0][0][None])
+    torch.testing.assert_close(logits[0, :n0], alone[0])  # pads come after: causal mask hides them
+
+
+def test_loader_is_seeded(bpe):
+    ds = ChatDataset(CONVERSATIONS, bpe, block_size=64)
+    first = [x.tolist() for x, _ in chat_loader(ds, 2, ds.pad_id, seed=3)]
+    again = [x.tolist() for x, _ in chat_loader(ds, 2, ds.pad_id, seed=3)]
+    assert first == again
+
+
+def test_evaluate_chat_weights_every_token_equally(bpe):
+    ds = ChatDataset(CONVERSATIONS, bpe, block_size=64)
+    model = tiny_gpt(bpe.vocab_size)
+    total, count = 0.0, 0
+    for x, y in ds:
+        with torch.no_grad():
+            logits, _ = model(x[None])
+        total += float(F.cross_entropy(logits[0], y, ignore_index=IGNORE_INDEX, reduction="sum"))
+        count += int((y != IGNORE_INDEX).sum())
+    assert evaluate_chat(model, ds, batch_size=4) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_finetune_chat_lowers_the_reply_loss(bpe):
+    ds = ChatDataset(CONVERSATIONS, bpe, block_size=64)
+    model = tiny_gpt(bpe.vocab_size)
+    history = finetune_chat(model, ds, ds, steps=30, batch_size=6, lr=1e-2, log_interval=0)
+    assert len(history.train_loss) == 30 and history.eval_steps == [0, 30]
+    assert history.val_loss[-1] < history.val_loss[0] - 0.5
+    model2 = tiny_gpt(bpe.vocab_size)
+    history2 = finetune_chat(model2, ds, ds, steps=30, batch_size=6, lr=1e-2, log_interval=0)
+    assert history2.train_loss == history.train_loss  # seeded batches, same result
+
+
+# ---------------------------------------------------------------------------------- session
+
+
+def test_session_stops_at_end_marker_and_records_exact_ids(bpe):
+    eos = end_token_id(bpe)
+    session = ChatSession(always_eos_gpt(bpe.vocab_size, eos), bpe, max_new_tokens=8)
+    assert session.send("Hello") == ""
+    (exchange,) = session.history
+    assert exchange.ids == tokenize_conversation(["Hello"], bpe)[0] + [eos]
+
+
+def test_session_reply_without_end_marker_is_closed(bpe):
+    eos = end_token_id(bpe)
+    model = tiny_gpt(bpe.vocab_size)
+    session = ChatSession(model, bpe, max_new_tokens=5)
+    reply = session.send("Hello")
+    ids = session.history[0].ids
+    assert ids[-1] == eos
+    user_ids = tokenize_conversation(["Hello"], bpe)[0]
+    new = ids[len(user_ids) : -1]
+    assert len(new) <= 5 and bpe.decode(new).strip() == reply
+
+
+def test_session_trims_oldest_first_keeps_system_and_fits(bpe):
+    eos = end_token_id(bpe)
+    block, new_tokens = 64, 8
+    model = always_eos_gpt(bpe.vocab_size, eos, block_size=block)
+    session = ChatSession(model, bpe, system="Be kind.", max_new_tokens=new_tokens)
+    system_ids, _ = tokenize_conversation(["x"], bpe, "Be kind.")
+    system_ids = system_ids[: -len(tokenize_conversation(["x"], bpe)[0])]
+    messages = [f"message {i} here" for i in range(8)]
+    for i, message in enumerate(messages):
+        prompt = session.prompt_ids(message)
+        assert len(prompt) + new_tokens <= block
+        assert prompt[: len(system_ids)] == system_ids  # the system prompt always stays
+        kept = len(session.history) - session.dropped
+        # the kept exchanges are the newest ones, in order, right after the system prompt
+        middle = [t for ex in session.history[session.dropped :] for t in ex.ids]
+        assert prompt == system_ids + middle + tokenize_conversation([message], bpe)[0]
+        # and one more exchange would not have fitted
+        if session.dropped:
+            older = session.history[session.dropped - 1].ids
+            assert len(prompt) + len(older) > session.prompt_budget
+        assert kept <= i
+        session.send(message)
+    assert session.dropped > 0
+    assert "message 0" in session.transcript()  # the transcript keeps everything
+
+
+def test_chat_loop_scripted(bpe):
+    eos = end_token_id(bpe)
+    session = ChatSession(always_eos_gpt(bpe.vocab_size, eos), bpe, max_new_tokens=4)
+    lines = iter(["Hi", "  ", "How are you?", "quit", "never read"])
+    out: list[str] = []
+    n = chat_loop(session, read=lambda _: next(lines), write=out.append)
+    assert n == 2 and out == ["bot> ", "bot> "] and len(session.history) == 2
+    session.reset()
+    assert session.history == [] and session.dropped == 0
+
+
+# ---------------------------------------------------------------------------------- errors
+
+
+def test_bad_turns(gpt2_tok):
+    with pytest.raises(TypeError, match="wrap it"):
+        format_conversation("Hello")
+    with pytest.raises(ValueError, match="at least one user message"):
+        format_conversation([])
+    with pytest.raises(ValueError, match=r"turn 1 \(bot\) is empty"):
+        format_conversation(["Hi", "   "])
+    with pytest.raises(TypeError, match=r"turn 0 \(user\) must be a string"):
+        format_conversation([3, "x"])
+    with pytest.raises(ValueError, match=r"drop the last turn \(turns\[:-1\]\)"):
+        build_example(["Hi", "Hello", "Bye"], gpt2_tok, 64)
+    with pytest.raises(ValueError, match="pass None for no system prompt"):
+        format_conversation(["Hi"], system=" ")
+    with pytest.raises(ValueError, match="block_size must be >= 2"):
+        build_example(["Hi", "Hello"], gpt2_tok, 1)
+    with pytest.raises(TypeError, match="mask_prompt must be True or False"):
+        build_example(["Hi", "Hello"], gpt2_tok, 64, mask_prompt="yes")
+
+
+def test_tokenizer_without_end_marker_is_rejected():
+    with pytest.raises(TypeError, match="does not have"):
+        build_example(["Hi", "Hello"], CharTokenizer.from_text("HiHelo"), 64)
+
+
+def test_bad_session_inputs(bpe):
+    eos = end_token_id(bpe)
+    model = always_eos_gpt(bpe.vocab_size, eos, block_size=32)
+    with pytest.raises(ValueError, match="leave no room for a message"):
+        ChatSession(model, bpe, system="Be kind. " * 20, max_new_tokens=8)
+    session = ChatSession(model, bpe, max_new_tokens=8)
+    with pytest.raises(ValueError, match="message is empty"):
+        session.send("  ")
+    with pytest.raises(ValueError, match="shorten the message or lower max_new_tokens"):
+        session.send("a very long message " * 10)
+    with pytest.raises(TypeError, match="must be a gptlab GPT"):
+        ChatSession(torch.nn.Linear(2, 2), bpe)
+    with pytest.raises(TypeError, match="must be a ChatSession"):
+        chat_loop("not a session")
+
+
+def test_bad_finetune_inputs(bpe):
+    ds = ChatDataset(CONVERSATIONS, bpe, block_size=64)
+    model = tiny_gpt(bpe.vocab_size, block_size=32)
+    with pytest.raises(ValueError, match="build the dataset with block_size <= 32"):
+        finetune_chat(model, ds, steps=1)
+    with pytest.raises(TypeError, match="must be a ChatDataset"):
+        finetune_chat(model, [(1, 2)], steps=1)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        finetune_chat(tiny_gpt(bpe.vocab_size), ds, steps=2, warmup_steps=5)
+    with pytest.raises(ValueError, match="empty batch"):
+        collate_chat([], pad_id=0)
+    with pytest.raises(TypeError, match="must be a list of turns"):
+        ChatDataset(["just a string"], bpe, 64)
