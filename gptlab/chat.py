@@ -522,16 +522,17 @@ def finetune_chat(
         loss.backward()
         norm = clip_gradients(model, grad_clip)
         optimizer.step()
+        loss_value = loss.detach().item()
         tokens += int((y != IGNORE_INDEX).sum())
         history.steps.append(step)
-        history.train_loss.append(float(loss))
+        history.train_loss.append(loss_value)
         history.lr.append(lr_now)
         history.tokens_seen.append(tokens)
         history.grad_norm.append(norm)
         if eval_interval and step % eval_interval == 0 and step != steps:
             run_eval(step)
         if log_interval and (step % log_interval == 0 or step == 1):
-            log(f"step {step:4d}  train loss {float(loss):.3f}")
+            log(f"step {step:4d}  train loss {loss_value:.3f}")
     run_eval(steps)
     model.eval()
     return history
