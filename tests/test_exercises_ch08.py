@@ -147,34 +147,44 @@ def test_8_2_rejects_mistakes(wrong, hint, capsys):
     assert not ok and hint in out
 
 
-# --- 8.3 LoRA forward -------------------------------------------------------------------------
+# --- 8.3 LoRA gradients ----------------------------------------------------------------------
 
 
-def lora_forward(x, W, b, A, B, alpha):
-    r = A.shape[0]
-    return x @ W.T + b + (alpha / r) * (x @ A.T) @ B.T
+def lora_grads(x, grad_out, A, B, alpha):
+    s = alpha / A.shape[0]
+    u = x @ A.T  # (N, r)
+    return s * (grad_out @ B).T @ x, s * grad_out.T @ u
 
 
-def test_8_3_accepts_and_matches_lora_linear(capsys):
-    assert _verdict("8.3", lora_forward, capsys)[0]
+def test_8_3_accepts_and_matches_lora_linear_autograd(capsys):
+    assert _verdict("8.3", lora_grads, capsys)[0]
     torch.manual_seed(0)
     layer = LoRALinear(torch.nn.Linear(6, 4), r=2, alpha=3.0)
     with torch.no_grad():
         layer.lora_B.normal_()
-    x = torch.randn(2, 5, 6)
-    expected = lora_forward(x, layer.base.weight, layer.base.bias, layer.lora_A, layer.lora_B, 3.0)
-    torch.testing.assert_close(layer(x), expected)
+    x = torch.randn(5, 6)
+    grad_out = torch.randn(5, 4)
+    layer(x).backward(grad_out)
+    grad_A, grad_B = lora_grads(x, grad_out, layer.lora_A.detach(), layer.lora_B.detach(), 3.0)
+    torch.testing.assert_close(layer.lora_A.grad, grad_A)
+    torch.testing.assert_close(layer.lora_B.grad, grad_B)
 
 
 @pytest.mark.parametrize(
     ("wrong", "hint"),
     [
-        (lambda x, W, b, A, B, a: x @ W.T + b + (x @ A.T) @ B.T, "alpha / r"),
-        (lambda x, W, b, A, B, a: x @ W.T + b + a * (x @ A.T) @ B.T, "not alpha"),
-        (lambda x, W, b, A, B, a: (a / A.shape[0]) * (x @ A.T) @ B.T, "does not replace"),
-        (lambda x, W, b, A, B, a: x @ W.T + (a / A.shape[0]) * (x @ A.T) @ B.T, "bias"),
-        (lambda x, W, b, A, B, a: x @ W.T, "x W^T + b"),
-        (lambda x, W, b, A, B, a: 3, "return a tensor"),
+        (lambda x, g, A, B, a: ((g @ B).T @ x, g.T @ (x @ A.T)), "alpha / r"),
+        (lambda x, g, A, B, a: lora_grads(x, g, A, B, a)[::-1], "the order is"),
+        (
+            lambda x, g, A, B, a: (lora_grads(x, g, A, B, a)[0], torch.zeros_like(B)),
+            "grad_A is right",
+        ),
+        (
+            lambda x, g, A, B, a: (torch.zeros_like(A), lora_grads(x, g, A, B, a)[1]),
+            "grad_B is right",
+        ),
+        (lambda x, g, A, B, a: ((g @ B).T @ x, (g.T @ x).T), "shape"),
+        (lambda x, g, A, B, a: A, "two tensors"),
     ],
 )
 def test_8_3_rejects_mistakes(wrong, hint, capsys):
@@ -193,7 +203,9 @@ def lora_count(n_layer, n_embd, r, targets):
 
 def test_8_4_accepts(capsys):
     assert _verdict("8.4", lora_count, capsys)[0]
-    assert lora_parameter_count(4, 192, 8, ("c_attn", "c_proj", "c_fc")) == 4 * 8 * 192 * (4 + 2 + 5 + 5)
+    assert lora_parameter_count(4, 192, 8, ("c_attn", "c_proj", "c_fc")) == 4 * 8 * 192 * (
+        4 + 2 + 5 + 5
+    )
 
 
 def _one_proj(n_layer, n_embd, r, targets):

@@ -24,7 +24,7 @@ __all__ = [
     "check_adamw_bytes",
     "check_kept_exchanges",
     "check_lora_count",
-    "check_lora_forward",
+    "check_lora_grads",
     "check_mask_targets",
     "kept_exchanges",
     "lora_parameter_count",
@@ -219,35 +219,60 @@ def check_kept_exchanges(answer: Any) -> str | None:
 # --- 8.3 -----------------------------------------------------------------------------------
 
 
-@exercise("8.3", "The LoRA forward pass")
-def check_lora_forward(answer: Any) -> str | None:
-    fn = _callable(answer, "lora_forward", "8.3")
+def _lora_grads_reference(
+    x: Tensor, grad_out: Tensor, A: Tensor, B: Tensor, alpha: float
+) -> tuple[Tensor, Tensor]:
+    """Autograd's gradients of A and B for y = (alpha / r) (x A^T) B^T, given dL/dy."""
+    A = A.detach().clone().requires_grad_(True)
+    B = B.detach().clone().requires_grad_(True)
+    y = (alpha / A.shape[0]) * (x @ A.T) @ B.T  # (N, d_out)
+    y.backward(grad_out)
+    return A.grad, B.grad
+
+
+@exercise("8.3", "The gradients of A and B")
+def check_lora_grads(answer: Any) -> str | None:
+    fn = _callable(answer, "lora_grads", "8.3")
     g = torch.Generator().manual_seed(8)
-    for d_in, d_out, r, alpha in ((6, 5, 2, 4.0), (8, 12, 4, 4.0), (16, 3, 1, 2.0)):
-        x = torch.randn(2, 3, d_in, generator=g)
-        W = torch.randn(d_out, d_in, generator=g)
-        b = torch.randn(d_out, generator=g)
+    for n, d_in, d_out, r, alpha in ((5, 6, 4, 2, 4.0), (7, 8, 12, 4, 4.0), (3, 16, 3, 1, 2.0)):
+        x = torch.randn(n, d_in, generator=g)
+        grad_out = torch.randn(n, d_out, generator=g)
         A = torch.randn(r, d_in, generator=g)
         B = torch.randn(d_out, r, generator=g)
-        out = fn(x, W, b, A, B, alpha)
-        if not isinstance(out, Tensor):
-            return f"return a tensor, got {type(out).__name__}"
-        base = x @ W.T + b
-        update = (x @ A.T) @ B.T  # (2, 3, d_out)
-        want = base + (alpha / r) * update
-        if out.shape != want.shape:
-            return f"expected shape {tuple(want.shape)} (batch, time, out_features), got {tuple(out.shape)}"
-        if torch.allclose(out, want, atol=1e-4):
+        out = fn(x.clone(), grad_out.clone(), A.clone(), B.clone(), alpha)
+        if not isinstance(out, tuple) or len(out) != 2:
+            return "return two tensors: (grad_A, grad_B)"
+        grad_A, grad_B = out
+        if not isinstance(grad_A, Tensor) or not isinstance(grad_B, Tensor):
+            return "return two tensors: (grad_A, grad_B)"
+        want_A, want_B = _lora_grads_reference(x, grad_out, A, B, alpha)
+        if grad_A.shape != A.shape or grad_B.shape != B.shape:
+            if grad_A.shape == B.shape and grad_B.shape == A.shape:
+                return "the order is (grad_A, grad_B)"
+            return (
+                f"a gradient has the shape of its matrix: grad_A {tuple(A.shape)}, grad_B "
+                f"{tuple(B.shape)}; got {tuple(grad_A.shape)} and {tuple(grad_B.shape)}"
+            )
+        ok_A = torch.allclose(grad_A, want_A, atol=1e-4)
+        ok_B = torch.allclose(grad_B, want_B, atol=1e-4)
+        if ok_A and ok_B:
             continue
-        if torch.allclose(out, base + update, atol=1e-4) and alpha != r:
-            return "scale the low-rank update by alpha / r"
-        if torch.allclose(out, base + alpha * update, atol=1e-4):
-            return "the scale is alpha / r (r = A.shape[0]), not alpha"
-        if torch.allclose(out, (alpha / r) * update, atol=1e-4):
-            return "add the frozen layer's output x @ W.T + b: LoRA changes the layer, it does not replace it"
-        if torch.allclose(out, x @ W.T + (alpha / r) * update, atol=1e-4):
-            return "you left out the bias b"
-        return "y = x W^T + b + (alpha / r) (x A^T) B^T; compare your formula term by term"
+        s = alpha / r
+        if torch.allclose(grad_A * s, want_A, atol=1e-4) or torch.allclose(
+            grad_B * s, want_B, atol=1e-4
+        ):
+            return "both gradients carry the scale alpha / r (r = A.shape[0])"
+        if ok_A:
+            return "grad_A is right; grad_B = (alpha / r) * grad_out^T (x A^T)"
+        if ok_B:
+            return "grad_B is right; grad_A = (alpha / r) * (grad_out B)^T x"
+        return "write u = x A^T; then grad_B = s * grad_out^T u and grad_A = s * (grad_out B)^T x"
+    # the point of B = 0 at the start: A gets no gradient, B does
+    x, grad_out = torch.randn(4, 6, generator=g), torch.randn(4, 5, generator=g)
+    A, B = torch.randn(2, 6, generator=g), torch.zeros(5, 2)
+    grad_A, grad_B = fn(x, grad_out, A, B, 4.0)
+    if torch.count_nonzero(grad_A) != 0 or torch.count_nonzero(grad_B) == 0:
+        return "with B = 0, grad_A must be exactly zero and grad_B not"
     return None
 
 
