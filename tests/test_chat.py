@@ -10,6 +10,7 @@ from gptlab.chat import (
     IGNORE_INDEX,
     ChatDataset,
     ChatSession,
+    LengthGroupedBatches,
     build_example,
     chat_loader,
     chat_loop,
@@ -228,6 +229,26 @@ def test_loader_is_seeded(bpe):
     first = [x.tolist() for x, _ in chat_loader(ds, 2, ds.pad_id, seed=3)]
     again = [x.tolist() for x, _ in chat_loader(ds, 2, ds.pad_id, seed=3)]
     assert first == again
+
+
+def test_length_grouped_batches_cover_everything_once_and_reduce_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 120, (203,), generator=g).tolist()
+    sampler = LengthGroupedBatches(lengths, 16, seed=1)
+    epochs = [list(sampler), list(sampler)]
+    for batches in epochs:
+        assert len(batches) == len(sampler) == 13
+        flat = sorted(i for b in batches for i in b)
+        assert flat == list(range(203))  # every example exactly once per pass
+    assert epochs[0] != epochs[1]  # a new order every pass
+    assert list(LengthGroupedBatches(lengths, 16, seed=1)) == epochs[0]  # seeded
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    perm = torch.randperm(203, generator=g).tolist()
+    random_batches = [perm[i : i + 16] for i in range(0, 203, 16)]
+    assert padded(epochs[0]) < 0.75 * padded(random_batches)
 
 
 def test_evaluate_chat_weights_every_token_equally(bpe):
