@@ -204,7 +204,8 @@ class ExerciseIndex(SphinxDirective):
                     text += f": {exercise['title']}"
                 para = nodes.paragraph()
                 if exercise["label"]:
-                    para += _xref("ref", exercise["label"], text, env.docname)
+                    # Sphinx stores label names lowercased ("ex-a-1" for ex-A-1), as :ref: does
+                    para += _xref("ref", exercise["label"].lower(), text, env.docname)
                 else:
                     para += nodes.Text(text)
                 para += nodes.Text(" — check with ")
