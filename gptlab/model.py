@@ -286,6 +286,8 @@ class GPT(nn.Module):
                 f"crop it to the last {self.config.block_size} tokens (idx[:, -block_size:]) "
                 "or use a config with a larger block_size"
             )
+        if torch.compiler.is_compiling():
+            return past  # reading values back to Python would break the compiled graph
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
