@@ -613,7 +613,8 @@ class ChatSession:
     model read and wrote. The prompt is at most ``block_size - max_new_tokens`` tokens, so
     prompt + reply never exceed ``block_size``: the oldest exchanges are dropped first and the
     system prompt is always kept. ``temperature=0`` (default) is greedy and deterministic;
-    otherwise pass a seeded ``generator`` to reproduce a conversation.
+    otherwise pass a seeded ``generator`` to reproduce a conversation. ``top_k`` and
+    ``repetition_penalty`` are passed on to :func:`gptlab.generate`.
     """
 
     model: GPT
@@ -622,6 +623,7 @@ class ChatSession:
     max_new_tokens: int = 48
     temperature: float = 0.0
     top_k: int | None = None
+    repetition_penalty: float = 1.0
     generator: torch.Generator | None = None
     history: list[_Exchange] = field(default_factory=list, init=False)
     dropped: int = field(default=0, init=False)  # exchanges left out of the last prompt
@@ -691,6 +693,7 @@ class ChatSession:
             self.max_new_tokens,
             temperature=self.temperature,
             top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
             eos_token_id=self.eos,
             generator=self.generator,
         )
