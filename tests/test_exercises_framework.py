@@ -53,3 +53,12 @@ def test_unknown_and_malformed_ids(sandbox):
 def test_duplicate_registration_is_an_error(sandbox):
     with pytest.raises(ValueError, match="registered twice"):
         exercise("9.9", "again")(lambda a: None)
+
+
+def test_require_callable_passes_functions_and_names_the_mistake():
+    def f(x):
+        return x
+
+    assert exercises.require_callable(f, "f", "3.1") is f
+    with pytest.raises(NotSolved, match=r"check\('3.1', f\), not its result"):
+        exercises.require_callable(f(2), "f", "3.1")

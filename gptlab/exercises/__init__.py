@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NotSolved", "Exercise", "check", "exercise", "registered"]
+__all__ = ["NotSolved", "Exercise", "check", "exercise", "registered", "require_callable"]
 
 
 class NotSolved(Exception):
@@ -66,6 +66,19 @@ def registered() -> dict[str, Exercise]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def require_callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
+    """Return ``answer`` if it is a function; otherwise tell the reader to pass the function itself.
+
+    Checkers of exercises that ask for a function call this first, so that a reader who passes
+    ``f(x)`` instead of ``f`` gets a hint rather than a ``TypeError`` from inside the checker.
+    """
+    if not callable(answer):
+        raise NotSolved(
+            f"pass your function itself, e.g. check({exercise_id!r}, {name}), not its result"
+        )
+    return answer
+
+
 def check(exercise_id: str, answer: Any, *, quiet: bool = False) -> bool:
     """Run the checker of ``exercise_id`` on ``answer``; print a verdict and return whether it passed.
 
@@ -73,7 +86,9 @@ def check(exercise_id: str, answer: Any, *, quiet: bool = False) -> bool:
     run the stub cell before writing anything.
     """
     if not isinstance(exercise_id, str):
-        raise TypeError(f"exercise_id must be a string like '1.2', got {type(exercise_id).__name__}")
+        raise TypeError(
+            f"exercise_id must be a string like '1.2', got {type(exercise_id).__name__}"
+        )
     if exercise_id not in _REGISTRY and _ID.match(exercise_id):
         _load_chapter(exercise_id)
     if exercise_id not in _REGISTRY:

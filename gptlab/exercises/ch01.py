@@ -8,13 +8,13 @@ chosen to expose the usual mistakes, and names the mistake it recognises.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from gptlab.data import TokenWindowDataset
-from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import exercise
+from gptlab.exercises import require_callable as _callable
 
 __all__ = [
     "check_bpe_encode",
@@ -23,14 +23,6 @@ __all__ = [
     "check_utf8_encode",
     "check_windows",
 ]
-
-
-def _callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
-    if not callable(answer):
-        raise NotSolved(
-            f"pass your function itself, e.g. check({exercise_id!r}, {name}), not its result"
-        )
-    return answer
 
 
 # 1.1 ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import require_callable as _callable
 
 __all__ = [
     "check_initial_loss",
@@ -59,14 +60,6 @@ def expected_initial_loss(vocab_size: int, logit_std: float) -> float:
     if isinstance(logit_std, bool) or not isinstance(logit_std, (int, float)) or logit_std < 0:
         raise ValueError(f"logit_std must be a number >= 0, got {logit_std!r}")
     return math.log(vocab_size) + logit_std**2 / 2
-
-
-def _callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
-    if not callable(answer):
-        raise NotSolved(
-            f"pass your function itself, e.g. check('{exercise_id}', {name}), not its result"
-        )
-    return answer
 
 
 def _tensor(out: Any, name: str) -> Tensor:

@@ -8,7 +8,7 @@ recognises the usual mistakes, so that the hint names the one the reader made.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import require_callable as _callable
 
 __all__ = [
     "bits_per_char",
@@ -53,14 +54,6 @@ def inverse_sqrt_lr(step: int, d_model: int, warmup_steps: int) -> float:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1 (steps count from 1), got {value!r}")
     return d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
-
-
-def _callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
-    if not callable(answer):
-        raise NotSolved(
-            f"pass your function itself, e.g. check('{exercise_id}', {name}), not its result"
-        )
-    return answer
 
 
 def _float(out: Any, name: str) -> float:

@@ -7,13 +7,13 @@ the hint names the one the reader made.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import require_callable as _callable
 from gptlab.sampling import apply_repetition_penalty, top_k_filter, top_p_filter
 
 __all__ = [
@@ -57,14 +57,6 @@ def generation_flops(n_params: int, prompt_len: int, new_tokens: int, use_cache:
     if isinstance(n_params, bool) or not isinstance(n_params, int) or n_params < 1:
         raise ValueError(f"n_params must be a positive int, got {n_params!r}")
     return 2 * n_params * processed_positions(prompt_len, new_tokens, use_cache)
-
-
-def _callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
-    if not callable(answer):
-        raise NotSolved(
-            f"pass your function itself, e.g. check('{exercise_id}', {name}), not its result"
-        )
-    return answer
 
 
 def _tensor(out: Any, name: str, shape: torch.Size) -> Tensor:

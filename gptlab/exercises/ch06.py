@@ -8,13 +8,13 @@ of its ``generate``. Each checker recognises the usual mistakes and names the on
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import exercise
+from gptlab.exercises import require_callable as _callable
 from gptlab.model import GPT, GPTConfig
 
 __all__ = [
@@ -83,14 +83,6 @@ def gptlab_options(hf_kwargs: dict[str, Any], prompt_length: int) -> dict[str, A
     options["top_k"] = hf["top_k"] or None  # 0 switches top-k off
     options["top_p"] = None if hf["top_p"] is None or hf["top_p"] >= 1.0 else hf["top_p"]
     return options
-
-
-def _callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
-    if not callable(answer):
-        raise NotSolved(
-            f"pass your function itself, e.g. check('{exercise_id}', {name}), not its result"
-        )
-    return answer
 
 
 def _randomise(module: nn.Module, seed: int) -> None:

@@ -6,13 +6,13 @@ inputs chosen so that the usual mistakes give a different answer, and names the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import require_callable as _callable
 
 __all__ = [
     "check_balanced_accuracy",
@@ -21,14 +21,6 @@ __all__ = [
     "check_mean_pool",
     "check_right_pad",
 ]
-
-
-def _callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
-    if not callable(answer):
-        raise NotSolved(
-            f"pass your function itself, e.g. check('{exercise_id}', {name}), not its result"
-        )
-    return answer
 
 
 def _tensor(out: Any, name: str, shape: tuple[int, ...]) -> Tensor:

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from gptlab.chat import IGNORE_INDEX
 from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import require_callable as _callable
 from gptlab.lora import apply_lora, count_trainable_parameters
 from gptlab.model import GPT, GPTConfig
 
@@ -68,14 +69,6 @@ def lora_parameter_count(n_layer: int, n_embd: int, r: int, targets: Sequence[st
 def adamw_training_bytes(n_params: int, n_trainable: int, bytes_per_number: int = 4) -> int:
     """Weights (all) + gradients and AdamW's two moments (trainable only), step counters ignored."""
     return bytes_per_number * (n_params + 3 * n_trainable)
-
-
-def _callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
-    if not callable(answer):
-        raise NotSolved(
-            f"pass your function itself, e.g. check('{exercise_id}', {name}), not its result"
-        )
-    return answer
 
 
 def _as_list(value: Any, what: str) -> list[int]:

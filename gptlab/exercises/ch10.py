@@ -9,7 +9,6 @@ the hint names the one the reader made. Random models are built inside
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import require_callable as _callable
 
 __all__ = [
     "check_attention_entropy",
@@ -41,14 +41,6 @@ def membership_auc(member_losses: Any, nonmember_losses: Any) -> float:
     lower = (members[:, None] < others[None, :]).double()  # (M, N)
     ties = (members[:, None] == others[None, :]).double()
     return float((lower + 0.5 * ties).mean())
-
-
-def _callable(answer: Any, name: str, exercise_id: str) -> Callable[..., Any]:
-    if not callable(answer):
-        raise NotSolved(
-            f"pass your function itself, e.g. check('{exercise_id}', {name}), not its result"
-        )
-    return answer
 
 
 def _tensor(out: Any, name: str) -> Tensor:
