@@ -15,7 +15,7 @@ into a continuation, plus a measurement that says how well the continuation does
   near miss deserves partial credit, with two checks of its own for interface strings
   (:func:`script_rate`, :func:`placeholder_rate`); :func:`parse_rate` for code (the share of
   snippets that :func:`ast.parse` accepts), after :func:`first_function` cut a sampled
-  continuation of ``"def "`` at the end of the first function (:func:`sample_functions`).
+  continuation of ``"\\n\\ndef"`` at the end of the first function (:func:`sample_functions`).
 * **Several tasks, one model.** :func:`merge_chat_datasets` mixes chat datasets built with
   different system prompts, so one fine-tuning run learns several tasks.
 * **Longer runs.** :func:`load_code_model` loads the code model ``recipes/code_model.py`` trains
@@ -468,18 +468,24 @@ def sample_functions(
     tokenizer: Any,
     n: int,
     *,
-    prompt: str = "def ",
-    max_new_tokens: int = 256,
-    temperature: float = 0.8,
+    prompt: str = "\n\ndef",
+    max_new_tokens: int = 250,
+    temperature: float = 0.5,
     top_k: int | None = None,
     seed: int = 0,
     max_chars: int | None = None,
 ) -> list[str | None]:
     """Sample ``n`` continuations of ``prompt`` and cut each with :func:`first_function`.
 
-    ``max_chars`` (optional) cuts every decoded text to that many characters first, so that
-    models with different tokenizers get the same budget of code. The draw is seeded with
-    ``seed``. Entries are ``None`` where the function did not end within the budget.
+    The default prompt ``"\\n\\ndef"`` tells the model where it is: ``def`` at the start of a
+    line, after a blank line, begins a top-level function. (A bare ``"def "`` is a worse
+    condition: without the newline the model cannot tell a function from an indented method,
+    and the trailing space is a token that rarely precedes a name in byte-level BPE text,
+    where the space belongs to the name's own token.) The newlines the prompt starts with are
+    removed from the returned text. ``max_chars`` (optional) then cuts every decoded text to
+    that many characters, so that models with different tokenizers get the same budget of
+    code. The draw is seeded with ``seed``. Entries are ``None`` where the function did not
+    end within the budget.
     """
     from gptlab.sampling import generate
 
@@ -503,7 +509,8 @@ def sample_functions(
         num_return_sequences=n,
         generator=generator,
     )
-    texts = [tokenizer.decode(row) for row in out.tolist()]
+    lead = len(prompt) - len(prompt.lstrip("\n"))  # the prompt's leading newlines
+    texts = [tokenizer.decode(row)[lead:] for row in out.tolist()]
     if max_chars is not None:
         texts = [t[:max_chars] for t in texts]
     return [first_function(t) for t in texts]
