@@ -49,7 +49,9 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
         raise ValueError(f"top_p must be in (0, 1], got {p}; 1.0 keeps every token")
     if p == 1:
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    # A stable sort breaks ties by vocabulary order (as argmax does), so the nucleus is the same
+    # on every run and device.
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     probs = torch.softmax(sorted_logits, dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the tokens ranked above
     remove_sorted = mass_before >= p  # the top token always has mass_before 0, so it stays

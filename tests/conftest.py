@@ -11,3 +11,14 @@ os.environ.pop("MPLBACKEND", None)
 os.environ.setdefault("PYTHONHASHSEED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+# Property tests draw the same examples on every run (CI must not turn red by chance); run
+# `pytest --hypothesis-profile=explore` to search with fresh random examples instead.
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # hypothesis is a test extra; the notebooks do not need it
+    pass
+else:
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+    _hypothesis_settings.register_profile("explore", max_examples=500)
+    _hypothesis_settings.load_profile("ci")

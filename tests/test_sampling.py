@@ -214,7 +214,7 @@ def test_top_p_keeps_the_smallest_nucleus(row, p, seed):
     logits = torch.tensor([row], dtype=torch.float64)
     probs = torch.softmax(logits[0], -1)
     kept = torch.isfinite(top_p_filter(logits, p)[0])
-    assert kept[probs.argmax()]  # the most likely token always survives
+    assert kept[probs.argmax()]  # the most likely token (the first, among ties) always survives
     assert probs[kept].sum() >= p - 1e-9  # the nucleus holds at least p
     assert probs[kept].sum() - probs[kept].min() < p + 1e-9  # and is no larger than needed
     if (~kept).any():
@@ -224,6 +224,13 @@ def test_top_p_keeps_the_smallest_nucleus(row, p, seed):
         filtered, 200, replacement=True, generator=torch.Generator().manual_seed(seed)
     )
     assert kept[draws[0]].all()
+
+
+def test_top_p_breaks_ties_by_vocabulary_order():
+    # 17 equally likely tokens and p = 0.5: the nucleus is the first 9 of them, every time.
+    logits = torch.zeros(1, 17, dtype=torch.float64)
+    kept = torch.isfinite(top_p_filter(logits, 0.5)[0])
+    assert kept.tolist() == [True] * 9 + [False] * 8
 
 
 # ------------------------------------------------------------------------ bad input
