@@ -21,11 +21,13 @@ _DEVICES = ("cpu", "cuda", "mps")
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's generators (CPU and every GPU) with one number."""
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}; pass e.g. seed_everything(0)")
+        raise TypeError(
+            f"seed must be an int, got {type(seed).__name__}; pass e.g. seed_everything(0)"
+        )
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}; NumPy accepts no other range")
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (seeds the legacy global RNG that readers use)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
@@ -48,10 +50,14 @@ def get_device(prefer: str | None = None) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if not isinstance(choice, str):
-        raise TypeError(f"prefer must be a string such as 'cpu' or 'cuda', got {type(choice).__name__}")
+        raise TypeError(
+            f"prefer must be a string such as 'cpu' or 'cuda', got {type(choice).__name__}"
+        )
     kind = choice.split(":")[0].strip().lower()
     if kind not in _DEVICES:
-        raise ValueError(f"unknown device {choice!r}; use one of {', '.join(_DEVICES)} (e.g. 'cuda:0')")
+        raise ValueError(
+            f"unknown device {choice!r}; use one of {', '.join(_DEVICES)} (e.g. 'cuda:0')"
+        )
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {choice!r} requested but CUDA is not available here; use 'cpu' or unset GPTLAB_DEVICE"
@@ -62,7 +68,9 @@ def get_device(prefer: str | None = None) -> torch.device:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
 
     Readers never see a half-written file: either the old file or the complete new one exists.

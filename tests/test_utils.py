@@ -9,9 +9,9 @@ from gptlab.utils import atomic_write, cache_dir, get_device, seed_everything
 
 def test_seed_everything_makes_all_three_generators_repeat():
     seed_everything(123)
-    first = (random.random(), np.random.rand(), torch.rand(3))
+    first = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002
     seed_everything(123)
-    second = (random.random(), np.random.rand(), torch.rand(3))
+    second = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002
     assert first[0] == second[0] and first[1] == second[1]
     torch.testing.assert_close(first[2], second[2], rtol=0, atol=0)
     seed_everything(124)
