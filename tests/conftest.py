@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Set before any kernel starts, so notebook kernels inherit them and set ordering is reproducible.
 # MPLBACKEND is removed: kernels must keep the inline backend, or figure cells produce no
 # output and nbval fails. Without a display, matplotlib picks Agg in unit tests anyway.
@@ -22,3 +24,17 @@ else:
     _hypothesis_settings.register_profile("ci", derandomize=True, database=None)
     _hypothesis_settings.register_profile("explore", max_examples=500)
     _hypothesis_settings.load_profile("ci")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module's tiny models on one torch thread (fastest for them; the cores are shared).
+
+    Use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

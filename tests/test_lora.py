@@ -22,12 +22,7 @@ from gptlab.train import configure_optimizer
 CFG = GPTConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=24)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def base_model(seed: int = 0) -> GPT:
