@@ -51,21 +51,8 @@ def _check_model(model: Any) -> GPT:
 
 
 def _check_idx(model: GPT, idx: Any) -> torch.Tensor:
-    if not isinstance(idx, torch.Tensor):
-        raise TypeError(
-            f"idx must be a LongTensor of token ids (B, T), got {type(idx).__name__}; "
-            "use torch.tensor([ids])"
-        )
-    if idx.dim() != 2:
-        raise ValueError(
-            f"idx must be 2-D (batch, time), got shape {tuple(idx.shape)}; "
-            "for one sequence use idx[None]"
-        )
-    if idx.shape[1] > model.config.block_size:
-        raise ValueError(
-            f"idx has {idx.shape[1]} tokens but the model's block_size is "
-            f"{model.config.block_size}; crop it to idx[:, :{model.config.block_size}]"
-        )
+    """The model's own input checks (type, shape, dtype, length, token range), before any hook."""
+    model._check_input(idx, None)
     return idx
 
 
