@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 
 import pytest
@@ -46,18 +47,61 @@ def utf8_encode(cp: int) -> bytes:
     return bytes([0xF0 | cp >> 18, 0x80 | cp >> 12 & 0x3F, 0x80 | cp >> 6 & 0x3F, 0x80 | cp & 0x3F])
 
 
-def test_1_1_accepts_hand_written_utf8_and_the_library(capsys):
+def test_1_1_accepts_hand_written_utf8(capsys):
     assert check("1.1", utf8_encode) is True
     assert "correct" in capsys.readouterr().out
-    assert check("1.1", lambda cp: chr(cp).encode("utf-8")) is True
-    assert check("1.1", lambda cp: list(chr(cp).encode("utf-8"))) is True  # a list of ints is fine
+    assert check("1.1", lambda cp: list(utf8_encode(cp))) is True  # a list of ints is fine
+
+    def documented(cp: int) -> bytes:
+        """Encode like str.encode("utf-8") does, by hand."""  # naming the codec in prose is fine
+        return utf8_encode(cp)
+
+    assert check("1.1", documented) is True
+    assert check("1.1", lambda cp: encode(cp)) is True  # a global helper may be called encode
+
+
+def _library_helper(cp: int) -> bytes:  # a helper in the reader's namespace that lets Python encode
+    return bytes(chr(cp), "utf-8")
+
+
+def encode(cp: int) -> bytes:  # a reader's own hand-written helper that happens to be called encode
+    return utf8_encode(cp)
+
+
+_ENCODERS = {"library": str.encode}  # an encoder that reading the code cannot see
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda cp: chr(cp).encode("utf-8"), "str.encode"),  # the call the exercise forbids
+        (lambda cp: chr(cp).encode(), "str.encode"),  # UTF-8 is the default
+        (lambda cp: list(chr(cp).encode("utf-8")), "str.encode"),
+        (lambda cp: str.encode(chr(cp), "utf-8"), "str.encode"),
+        (lambda cp: codecs.encode(chr(cp), "utf-8"), "str.encode"),
+        (lambda cp: chr(cp).encode("utf-16-be"), "str.encode"),  # and the wrong codec
+        (lambda cp: _ENCODERS["library"](chr(cp)), "utf8_encode(0x41) calls an encoder"),
+        (lambda cp: bytes(chr(cp), "utf-8"), "'utf-8' codec"),
+        (lambda cp: bytearray(chr(cp), encoding="UTF8"), "'utf-8' codec"),
+        (lambda cp: _library_helper(cp), "'utf-8' codec"),
+        (  # by hand below 0x10000, the library for the 4-byte forms
+            lambda cp: utf8_encode(cp) if cp < 0x10000 else chr(cp).encode(),
+            "str.encode",
+        ),
+    ],
+)
+def test_1_1_rejects_the_library_call_it_forbids(wrong, hint, capsys):
+    """The old checker compared only the bytes, so it accepted every one of these (issue 12 §3)."""
+    assert check("1.1", wrong) is False
+    out = capsys.readouterr().out
+    assert "not solved yet" in out and hint in out
+    assert "build the bytes yourself" in out
 
 
 @pytest.mark.parametrize(
     ("wrong", "hint"),
     [
         (lambda cp: bytes([cp & 0xFF]), "needs 2 byte"),  # one byte for everything
-        (lambda cp: chr(cp).encode("utf-16-be"), "needs 1 byte"),
         (lambda cp: cp.to_bytes(4, "big"), "needs 1 byte"),
         (  # continuation bytes without their 10xxxxxx marker
             lambda cp: bytes([b & 0x3F if i else b for i, b in enumerate(utf8_encode(cp))]),
@@ -146,8 +190,8 @@ def test_1_3_reference_agrees_with_gptlab_encoding():
     tok = BPETokenizer.train("x y", 256 + 2, special_tokens=("<|end|>", "<|end|>!"))
     text = "x<|end|>!y<|end|>"
     pieces = split_on_specials(text, ["<|end|>", "<|end|>!"])
-    ids = [i for p in pieces for i in tok.encode(p)]
-    assert ids == tok.encode(text)
+    ids = [i for p in pieces for i in tok.encode(p, allowed_special="all")]
+    assert ids == tok.encode(text, allowed_special="all")
 
 
 def test_1_3_rejects_dropped_specials_shortest_first_and_empty_pieces():

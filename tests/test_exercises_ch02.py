@@ -45,6 +45,42 @@ def test_softmax_rejects_naive_version_with_overflow_hint():
     assert "Subtract the row maximum" in _hint(ch02.check_stable_softmax, naive_softmax)
 
 
+def test_softmax_rejects_whole_tensor_max_with_a_hint_that_names_it(capsys):
+    """Subtracting x.max() passed the old checker, whose large and very negative rows came in
+    separate tensors; on [[1000, 1001, 1002], [-1000, -1001, -1002]] it gives nan (issue 12 §3)."""
+
+    def whole_tensor_max(x):
+        e = torch.exp(x - x.max())
+        return e / e.sum(dim=-1, keepdim=True)
+
+    rows = torch.tensor([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]])
+    assert torch.isnan(whole_tensor_max(rows)[1]).all()  # the failure the checker must catch
+    assert check("2.1", whole_tensor_max) is False
+    out = capsys.readouterr().out
+    assert "not solved yet" in out and "maximum of the whole tensor" in out
+    assert "x.max(dim=-1, keepdim=True).values" in out
+    torch_max = lambda x: naive_softmax(x - torch.max(x))  # noqa: E731  the same mistake
+    assert "whole tensor" in _hint(ch02.check_stable_softmax, torch_max)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda x: naive_softmax(x - x.min(dim=-1, keepdim=True).values), "not the minimum"),
+        (lambda x: naive_softmax(x - x.max(dim=0, keepdim=True).values), "one per column"),
+        (lambda x: naive_softmax(x - x.max(dim=-1).values), "keepdim=True"),
+        (
+            lambda x: (e := torch.exp(x - x.max(dim=-1, keepdim=True).values)) / e.sum(dim=-1),
+            "keepdim=True",
+        ),
+    ],
+)
+def test_softmax_rejects_other_wrong_shifts_with_a_hint_that_names_them(wrong, hint):
+    """The min shift and the per-column max used to get the generic "values differ" hint, and a
+    missing keepdim a bare RuntimeError."""
+    assert hint in _hint(ch02.check_stable_softmax, wrong)
+
+
 def test_softmax_rejects_wrong_axis_and_missing_keepdim():
     wrong_axis = lambda x: torch.softmax(x, dim=0)  # noqa: E731
     assert _hint(ch02.check_stable_softmax, wrong_axis) is not None

@@ -7,7 +7,12 @@ chosen to expose the usual mistakes, and names the mistake it recognises.
 
 from __future__ import annotations
 
+import codecs
+import dis
 import re
+import sys
+import types
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -49,13 +54,92 @@ def _utf8_length(cp: int) -> int:
     return 1 if cp < 0x80 else 2 if cp < 0x800 else 3 if cp < 0x10000 else 4
 
 
+def _code_objects(fn: Any) -> Iterator[types.CodeType]:
+    """The code of ``fn``, of the functions nested in it and of the global functions it names."""
+    code = getattr(fn, "__code__", None)
+    todo = [(code, getattr(fn, "__globals__", {}))] if isinstance(code, types.CodeType) else []
+    seen: set[types.CodeType] = set()
+    while todo:
+        code, namespace = todo.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        yield code
+        todo += [(c, namespace) for c in code.co_consts if isinstance(c, types.CodeType)]
+        for name in code.co_names:
+            helper = namespace.get(name)
+            if isinstance(helper, types.FunctionType):
+                todo.append((helper.__code__, helper.__globals__))
+
+
+def _is_utf8_codec_name(value: object) -> bool:
+    if not isinstance(value, str) or not value or len(value) > 16:
+        return False
+    try:
+        return codecs.lookup(value).name == "utf-8"
+    except LookupError:
+        return False
+
+
+_CALLS_ENCODE = "calls an encoder such as str.encode (as in chr(cp).encode('utf-8'))"
+_NAMES_CODEC = "names the 'utf-8' codec (as in bytes(chr(cp), 'utf-8'))"
+
+
+def _library_encoding(fn: Any) -> str | None:
+    """How the code of ``fn`` (or a function it defines or calls by name) lets Python encode, if it does."""
+    codes = list(_code_objects(fn))
+    attributes = {
+        op.argval
+        for code in codes
+        for op in dis.get_instructions(code)
+        if op.opname in ("LOAD_ATTR", "LOAD_METHOD")
+    }
+    if "encode" in attributes:
+        return _CALLS_ENCODE
+    if any(_is_utf8_codec_name(c) for code in codes for c in code.co_consts):
+        return _NAMES_CODEC
+    return None
+
+
+def _call_watching_encode(fn: Any, cp: int) -> tuple[Any, bool]:
+    """``fn(cp)``, and whether anything it ran called ``str.encode`` or ``codecs.encode``: this
+    catches the encoders that reading the code misses (methods of objects, functions in a dict)."""
+    called = False
+
+    def watch(frame: Any, event: str, arg: Any) -> None:
+        nonlocal called
+        if event == "c_call" and getattr(arg, "__name__", "") in ("encode", "utf_8_encode"):
+            called = True
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        result = fn(cp)
+    finally:
+        sys.setprofile(previous)
+    return result, called
+
+
+def _by_hand(how: str, call: str = "utf8_encode") -> str:
+    return (
+        f"{call} {how}, so Python does the encoding for you; the exercise is to build the "
+        "bytes yourself from the table of section 1.1 with >>, & and |"
+    )
+
+
 @exercise("1.1", "UTF-8 by hand")
 def check_utf8_encode(utf8_encode: Any) -> str | None:
-    """``utf8_encode(code_point)`` must return the same bytes as ``chr(code_point).encode("utf-8")``."""
+    """``utf8_encode(code_point)`` must return the same bytes as ``chr(code_point).encode("utf-8")``
+    without calling it (or any other library encoder): the exercise is to apply the bit patterns."""
     fn = _callable(utf8_encode, "utf8_encode", "1.1")
+    how = _library_encoding(fn)
+    if how is not None:
+        return _by_hand(how)
     for cp in _CODE_POINTS:
         want = chr(cp).encode("utf-8")
-        got = fn(cp)
+        got, used_encode = _call_watching_encode(fn, cp)
+        if used_encode:
+            return _by_hand(_CALLS_ENCODE, f"utf8_encode({cp:#x})")
         if isinstance(got, (list, tuple, bytearray)) and all(isinstance(b, int) for b in got):
             got = bytes(got) if all(0 <= b < 256 for b in got) else got
         if not isinstance(got, bytes):

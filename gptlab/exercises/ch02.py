@@ -43,9 +43,59 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), atol=atol, rtol=1e-4))
 
 
+def _shifted_softmax(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    e = torch.exp(x - shift)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def _whole_tensor_max(x: torch.Tensor) -> torch.Tensor:
+    return _shifted_softmax(x, x.max())
+
+
+def _row_min(x: torch.Tensor) -> torch.Tensor:
+    return _shifted_softmax(x, x.min(dim=-1, keepdim=True).values)
+
+
+def _first_axis_max(x: torch.Tensor) -> torch.Tensor:
+    return _shifted_softmax(x, x.max(dim=0, keepdim=True).values)
+
+
+# Shifts readers get wrong, each with the hint that names the mistake. A wrong answer that agrees
+# with one of them (nan where it gives nan) gets that hint instead of a general one.
+_SOFTMAX_MISTAKES: tuple[tuple[Callable[[torch.Tensor], torch.Tensor], str], ...] = (
+    (
+        _whole_tensor_max,
+        "you subtracted the maximum of the whole tensor (x.max()), so in a row whose scores all "
+        "lie far below it every exp() underflows to 0 and the row becomes 0/0 = nan. Subtract each "
+        "row's own maximum, x.max(dim=-1, keepdim=True).values",
+    ),
+    (
+        _row_min,
+        "subtract the row MAXIMUM, not the minimum: after subtracting the minimum the exponents are "
+        "large and positive, so exp() overflows (and -inf minus -inf is nan)",
+    ),
+    (
+        _first_axis_max,
+        "you took the maximum over dim=0, one per column; the shift must be one constant per row, "
+        "x.max(dim=-1, keepdim=True).values, or it changes the differences within the row",
+    ),
+)
+
+
+def _named_softmax_mistake(x: torch.Tensor, got: torch.Tensor) -> str | None:
+    for mistake, hint in _SOFTMAX_MISTAKES:
+        wrong = mistake(x)
+        if wrong.shape == got.shape and torch.allclose(
+            got.double(), wrong.double(), atol=1e-5, rtol=1e-4, equal_nan=True
+        ):
+            return hint
+    return None
+
+
 @exercise("2.1", "a numerically stable softmax")
 def check_stable_softmax(softmax: Any) -> str | None:
-    """``softmax(x)`` over the last dimension must equal ``torch.softmax(x, dim=-1)``, even for huge logits."""
+    """``softmax(x)`` over the last dimension must equal ``torch.softmax(x, dim=-1)``, even for huge
+    logits and for rows whose scales differ wildly within one tensor."""
     fn = _callable(softmax, "softmax")
     gen = torch.Generator().manual_seed(0)
     cases = {
@@ -59,23 +109,39 @@ def check_stable_softmax(softmax: Any) -> str | None:
             [[-1000.0, -1001.0, -1002.0]]
         ),
         "a masked row with -inf entries": torch.tensor([[0.5, float("-inf"), 1.5, float("-inf")]]),
+        "two rows far apart, [[1000, 1001, 1002], [-1000, -1001, -1002]]": torch.tensor(
+            [[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]]
+        ),
     }
     for label, x in cases.items():
-        got = _tensor(fn(x.clone()), "softmax", tuple(x.shape))
+        try:
+            got = _tensor(fn(x.clone()), "softmax", tuple(x.shape))
+        except RuntimeError as exc:
+            if "must match the size" not in str(exc):
+                raise
+            return (
+                f"on {label}, shape {tuple(x.shape)}, your softmax failed to broadcast ({exc}): "
+                "a max or sum without keepdim=True drops the last axis, so it no longer lines up "
+                "with x; pass keepdim=True"
+            )
         want = torch.softmax(x, dim=-1)
+        if _close(got, want):
+            continue
+        named = _named_softmax_mistake(x, got)
+        if named is not None:
+            return f"on {label}: {named}"
         if not torch.isfinite(got).all():
             return (
                 f"on {label} your softmax returned nan or inf: exp() overflowed or underflowed. "
                 "Subtract the row maximum (x.max(dim=-1, keepdim=True).values) before exp()."
             )
-        if not _close(got, want):
-            sums = got.sum(dim=-1)
-            if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
-                return (
-                    f"on {label} your rows sum to {sums.flatten()[:3].tolist()}, not 1: divide by "
-                    "the sum over the last dimension, with keepdim=True so it broadcasts"
-                )
-            return f"on {label} your values differ from torch.softmax(x, dim=-1); normalise over dim=-1"
+        sums = got.sum(dim=-1)
+        if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+            return (
+                f"on {label} your rows sum to {sums.flatten()[:3].tolist()}, not 1: divide by "
+                "the sum over the last dimension, with keepdim=True so it broadcasts"
+            )
+        return f"on {label} your values differ from torch.softmax(x, dim=-1); normalise over dim=-1"
     return None
 
 
