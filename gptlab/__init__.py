@@ -46,6 +46,15 @@ _EXPORTS: dict[str, str] = {
     "load_hf_gpt2": "gptlab.pretrained",
     "save_hf_gpt2": "gptlab.pretrained",
     "load_reference_model": "gptlab.reference",
+    # evaluation
+    "bits_per_byte": "gptlab.evaluate",
+    "evaluate_multiple_choice": "gptlab.evaluate",
+    "run_tests": "gptlab.evaluate",
+    "pass_at_k": "gptlab.evaluate",
+    "bootstrap_ci": "gptlab.evaluate",
+    "load_code_benchmark": "gptlab.evaluate",
+    "evaluate_suite": "gptlab.evaluate",
+    "write_report": "gptlab.evaluate",
     # exercises
     "check": "gptlab.exercises",
 }
