@@ -106,7 +106,7 @@ def verify_reference(directory: str | os.PathLike[str] | None = None) -> dict[st
 
 def load_reference_tokenizer(directory: str | os.PathLike[str] | None = None) -> Any:
     """The tokenizer the reference model was trained with (a gptlab BPETokenizer or CharTokenizer)."""
-    from gptlab.train import load_tokenizer
+    from gptlab.checkpoint import load_tokenizer
 
     root = _resolve(directory)
     verify_reference(root)
@@ -125,7 +125,7 @@ def load_reference_model(
 
     >>> model, tokenizer = load_reference_model()  # doctest: +SKIP
     """
-    from gptlab.train import load_model, load_tokenizer
+    from gptlab.checkpoint import load_model, load_tokenizer
     from gptlab.utils import get_device
 
     if device is not None and not isinstance(device, (str, torch.device)):
@@ -151,7 +151,9 @@ def _split_ids(root: str, tokenizer_sha: str) -> tuple[torch.Tensor, torch.Tenso
     manifest = reference_manifest(root)
     data = manifest["data"]
     tokenizer = load_reference_tokenizer(root)
-    ids = torch.tensor(tokenizer.encode(load_corpus(data["corpus"]).text), dtype=torch.long)
+    text = load_corpus(data["corpus"]).text
+    encode = getattr(tokenizer, "encode_ordinary", tokenizer.encode)  # specials stay text
+    ids = torch.tensor(encode(text), dtype=torch.long)
     return train_val_split(ids, data["val_fraction"])
 
 

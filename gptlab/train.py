@@ -1,4 +1,4 @@
-"""Pretraining a GPT: the training loop, its learning-rate schedule, and checkpoints you can resume.
+"""Pretraining a GPT: the training loop, its learning-rate schedule, and runs you can resume.
 
 The loop does, once per optimizer step::
 
@@ -7,35 +7,31 @@ The loop does, once per optimizer step::
     norm  = clip_gradients(model, grad_clip)   # rescale so the global gradient norm <= grad_clip
     optimizer.step(); optimizer.zero_grad()    # AdamW, weight decay on matrices only
 
-plus, every so often, an evaluation on held-out tokens, a text sample and a checkpoint.
+plus, every so often, an evaluation on held-out tokens, a text sample and a checkpoint
+(:mod:`gptlab.checkpoint`: atomic, verified directories). Resuming restores weights, optimizer,
+step, history and every RNG state, so N steps + save + resume + N steps gives bit-identical
+weights to 2N uninterrupted steps on CPU. Ctrl-C or SIGTERM finish the current step, save a
+checkpoint and then stop (see :func:`train`). Under ``torchrun`` (``WORLD_SIZE`` > 1) the same
+loop runs data-parallel with DistributedDataParallel (:mod:`gptlab.distributed`).
 
-Checkpoints are directories written atomically (a crash never leaves a half-written one)::
-
-    model.safetensors   weights (tied weights stored once, re-tied on load)
-    meta.json           GPTConfig, TrainConfig, step, history, tokenizer, gptlab version
-    optimizer.pt        optimizer state, schedule position and every RNG state
-                        (a plain torch file that loads with ``weights_only=True``)
-    tokenizer.json      the tokenizer, when it is not the stock GPT-2 one
-
-Resuming restores all of it, so N steps + save + resume + N steps gives bit-identical weights to
-2N uninterrupted steps on CPU. Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs
-data-parallel with DistributedDataParallel; see :func:`train`.
+The checkpoint names (``save_checkpoint``, ``load_checkpoint``, ``load_model``, ``History`` ...)
+live in :mod:`gptlab.checkpoint` and are importable from here as well.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import pathlib
 import random
-import shutil
-import tempfile
+import signal
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -44,10 +40,40 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from gptlab.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    META_FILE,
+    STATE_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    Checkpoint,
+    CheckpointError,
+    History,
+    find_checkpoint,
+    load_checkpoint,
+    load_model,
+    load_tokenizer,
+    prepare_checkpoint_dir,
+    save_checkpoint,
+)
 from gptlab.data import get_batch
-from gptlab.utils import get_device, seed_everything
+from gptlab.distributed import (
+    _Dist,
+    _max_over_ranks,
+    _mean_over_ranks,
+    _setup_distributed,
+    _unwrap,
+)
+from gptlab.utils import seed_everything
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "META_FILE",
+    "STATE_FILE",
+    "TOKENIZER_FILE",
+    "WEIGHTS_FILE",
     "Checkpoint",
     "CheckpointError",
     "History",
@@ -56,21 +82,16 @@ __all__ = [
     "clip_gradients",
     "configure_optimizer",
     "evaluate",
+    "find_checkpoint",
     "load_checkpoint",
     "load_model",
     "load_tokenizer",
     "lr_at",
+    "prepare_checkpoint_dir",
     "save_checkpoint",
     "split_decay_params",
     "train",
 ]
-
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "meta.json"
-STATE_FILE = "optimizer.pt"
-TOKENIZER_FILE = "tokenizer.json"
-CHECKPOINT_FORMAT = "gptlab-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,17 +277,6 @@ def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, max_ste
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside a DistributedDataParallel or torch.compile wrapper."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def split_decay_params(model: nn.Module) -> tuple[list[str], list[str]]:
     """Names of the trainable parameters that get weight decay, and of those that do not.
 
@@ -312,48 +322,6 @@ def configure_optimizer(
     ]
     fused = all(p.is_cuda for p in params.values())
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
-
-
-# --------------------------------------------------------------------------------------------
-# History
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class History:
-    """What happened during training, one entry per optimizer step (and per evaluation).
-
-    ``steps[i]`` counts completed optimizer steps (1, 2, ...); ``train_loss[i]`` is the mean
-    loss of that step's batch, ``lr[i]`` the learning rate it used, ``tokens_seen[i]`` the
-    tokens processed so far (all processes), ``grad_norm[i]`` the gradient norm before
-    clipping. Evaluations are recorded at ``eval_steps`` (0 = before training) with
-    ``val_loss``; perplexity is ``exp(val_loss)``.
-    """
-
-    steps: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    tokens_seen: list[int] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)
-    eval_steps: list[int] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-
-    @property
-    def val_perplexity(self) -> list[float]:
-        return [math.exp(v) for v in self.val_loss]
-
-    def to_dict(self) -> dict[str, list[Any]]:
-        return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> History:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown History key {unknown[0]!r}; expected some of {sorted(known)}"
-            )
-        return cls(**{k: list(v) for k, v in d.items()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,50 +413,6 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------------------------
-# Distributed data parallel (torchrun)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    owns_group: bool = False  # we created the process group, so we destroy it
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(device_pref: str) -> tuple[_Dist, torch.device]:
-    """Join the torchrun process group if ``WORLD_SIZE`` > 1; pick this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return _Dist(), get_device(None if device_pref == "auto" else device_pref)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    if device_pref.startswith("cuda:"):
-        raise ValueError("under torchrun set device = 'cuda' (each process takes cuda:LOCAL_RANK)")
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    owns = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        owns = True
-    return _Dist(rank, local_rank, world_size, owns), device
-
-
-def _mean_over_ranks(value: torch.Tensor, d: _Dist) -> torch.Tensor:
-    if d.world_size > 1:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)  # gloo has no AVG
-        value /= d.world_size
-    return value
-
-
-# --------------------------------------------------------------------------------------------
 # Random-number-generator state (what makes resume exact)
 # --------------------------------------------------------------------------------------------
 
@@ -528,298 +452,6 @@ def _restore_process_rng_state(state: Mapping[str, Any], device: torch.device) -
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or does not fit the model it is loaded into."""
-
-
-@dataclass
-class Checkpoint:
-    """What :func:`load_checkpoint` read. ``training_state`` is the content of optimizer.pt."""
-
-    path: pathlib.Path
-    step: int
-    meta: dict[str, Any]
-    history: History
-    training_state: dict[str, Any] | None
-
-    @property
-    def model_config(self) -> dict[str, Any] | None:
-        return self.meta.get("model_config")
-
-    @property
-    def train_config(self) -> TrainConfig | None:
-        d = self.meta.get("train_config")
-        return TrainConfig.from_dict(d) if d is not None else None
-
-
-def _fsync_dir(path: pathlib.Path) -> None:
-    if os.name != "posix":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _backup_path(target: pathlib.Path) -> pathlib.Path:
-    return target.parent / f".{target.name}.old"
-
-
-@contextlib.contextmanager
-def _atomic_directory(target: pathlib.Path) -> Iterator[pathlib.Path]:
-    """Yield an empty temporary directory; on success it replaces ``target`` as a whole.
-
-    A directory cannot be renamed over a non-empty one, so the swap is two renames:
-    target -> .target.old, tmp -> target. A crash between them leaves .target.old, which the
-    next save (and load) recovers. On an exception the temporary directory is removed and
-    ``target`` is untouched.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    backup = _backup_path(target)
-    if not target.exists() and backup.exists():  # an earlier save died between the renames
-        os.rename(backup, target)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed process
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; a checkpoint is ordinary data
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(tmp)
-        if backup.exists():
-            shutil.rmtree(backup)
-        if target.exists():
-            os.rename(target, backup)
-        os.rename(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def _deduplicated_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Weights with each tied tensor once, plus ``{alias: stored_name}`` for the others."""
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
-    for name, t in model.state_dict().items():
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
-        if t.numel() > 0 and key in seen:
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        tensors[name] = t.detach().to("cpu").contiguous()
-    return tensors, aliases
-
-
-def _tokenizer_record(tokenizer: Any, directory: pathlib.Path) -> dict[str, Any] | None:
-    """Describe (and if needed save) the tokenizer so that :func:`load_tokenizer` can rebuild it."""
-    if tokenizer is None:
-        return None
-    if isinstance(tokenizer, str):
-        if tokenizer != "gpt2":
-            raise ValueError(
-                f"tokenizer name must be 'gpt2' or a tokenizer object, got {tokenizer!r}"
-            )
-        return {"kind": "gpt2"}
-    if type(tokenizer).__module__.startswith("tiktoken"):
-        if tokenizer.name not in ("gpt2", "r50k_base"):
-            raise ValueError(
-                f"only the GPT-2 tiktoken encoding can be recorded, got {tokenizer.name!r}"
-            )
-        return {"kind": "gpt2"}
-    kind = type(tokenizer).__name__
-    if kind not in ("CharTokenizer", "BPETokenizer") or not hasattr(tokenizer, "save"):
-        raise TypeError(
-            f"cannot record a {kind} in a checkpoint; pass 'gpt2', a CharTokenizer or a BPETokenizer"
-        )
-    tokenizer.save(directory / TOKENIZER_FILE)
-    return {"kind": kind, "file": TOKENIZER_FILE, "vocab_size": int(tokenizer.vocab_size)}
-
-
-def save_checkpoint(
-    directory: str | os.PathLike[str],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler_state: Mapping[str, Any] | None = None,
-    step: int = 0,
-    extra: Mapping[str, Any] | None = None,
-    *,
-    train_config: TrainConfig | None = None,
-    history: History | None = None,
-    tokenizer: Any = None,
-    rng_state: Mapping[str, Any] | None = None,
-) -> pathlib.Path:
-    """Write a checkpoint directory atomically (see the module docstring for its files).
-
-    ``scheduler_state`` and ``rng_state`` go into optimizer.pt with the optimizer state;
-    ``extra`` (JSON-serialisable) into meta.json. Returns the directory.
-    """
-    from safetensors.torch import save_file
-
-    from gptlab import __version__
-
-    target = pathlib.Path(directory)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
-    base = _unwrap(model)
-    tensors, aliases = _deduplicated_state_dict(base)
-    config = getattr(base, "config", None)
-    meta: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "gptlab_version": __version__,
-        "torch_version": torch.__version__,
-        "step": step,
-        "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
-        "train_config": train_config.to_dict() if train_config is not None else None,
-        "history": (history or History()).to_dict(),
-        "tied_weights": aliases,
-        "extra": dict(extra) if extra is not None else None,
-    }
-    with _atomic_directory(target) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        meta["tokenizer"] = _tokenizer_record(tokenizer, tmp)
-        if optimizer is not None or scheduler_state is not None or rng_state is not None:
-            state = {
-                "step": step,
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "scheduler": dict(scheduler_state) if scheduler_state is not None else None,
-                "rng": dict(rng_state) if rng_state is not None else None,
-            }
-            torch.save(state, tmp / STATE_FILE)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return target
-
-
-def _resolve_checkpoint(directory: str | os.PathLike[str]) -> pathlib.Path:
-    path = pathlib.Path(directory)
-    if not path.exists() and _backup_path(path).exists():
-        return _backup_path(path)  # a save died between its two renames: the old one is intact
-    if not (path / META_FILE).is_file():
-        raise CheckpointError(
-            f"no checkpoint at {str(path)!r}: expected a directory with {META_FILE} and {WEIGHTS_FILE} "
-            "written by gptlab.train.save_checkpoint"
-        )
-    return path
-
-
-def _load_weights(
-    model: nn.Module, tensors: dict[str, torch.Tensor], aliases: Mapping[str, str]
-) -> None:
-    expected = model.state_dict()
-    for alias, stored in aliases.items():
-        if alias in expected and stored in tensors:
-            tensors[alias] = tensors[stored]  # a tied tensor: load the one stored copy into both
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint and model have different tensors: missing from checkpoint {missing[:5]}, "
-            f"not in model {unexpected[:5]}; build the model with the checkpoint's config "
-            "(gptlab.train.load_model does this)"
-        )
-    for name, t in expected.items():
-        if tuple(tensors[name].shape) != tuple(t.shape):
-            raise CheckpointError(
-                f"shape mismatch for tensor {name!r}: checkpoint has {tuple(tensors[name].shape)}, "
-                f"model has {tuple(t.shape)}; build the model with the checkpoint's GPTConfig "
-                "(gptlab.train.load_model(dir) does this)"
-            )
-    model.load_state_dict(tensors, strict=True)
-
-
-def load_checkpoint(
-    directory: str | os.PathLike[str],
-    model: nn.Module | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    *,
-    map_location: str | torch.device = "cpu",
-) -> Checkpoint:
-    """Read a checkpoint; load its weights into ``model`` and its state into ``optimizer`` if given.
-
-    Raises :class:`CheckpointError` (a ValueError) naming the tensor and both shapes when the
-    model does not match, and when the directory is not a checkpoint.
-    """
-    from safetensors.torch import load_file
-
-    path = _resolve_checkpoint(directory)
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path / META_FILE} is not a gptlab checkpoint (format={meta.get('format')!r})"
-        )
-    if model is not None:
-        base = _unwrap(model)
-        device = next(base.parameters()).device
-        tensors = load_file(str(path / WEIGHTS_FILE), device=str(device))
-        _load_weights(base, tensors, meta.get("tied_weights", {}))
-    state = None
-    if (path / STATE_FILE).is_file():
-        state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
-    if optimizer is not None:
-        if state is None or state.get("optimizer") is None:
-            raise CheckpointError(f"{path} holds no optimizer state; it cannot resume training")
-        optimizer.load_state_dict(state["optimizer"])
-    return Checkpoint(
-        path=path,
-        step=int(meta["step"]),
-        meta=meta,
-        history=History.from_dict(meta.get("history") or {}),
-        training_state=state,
-    )
-
-
-def load_model(
-    directory: str | os.PathLike[str], device: str | torch.device | None = None
-) -> nn.Module:
-    """Rebuild the GPT stored in a checkpoint (config + weights), in eval mode, on ``device``."""
-    from gptlab.model import GPT, GPTConfig
-
-    path = _resolve_checkpoint(directory)
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    if meta.get("model_config") is None:
-        raise CheckpointError(
-            f"{path} records no model_config; build the model yourself and use load_checkpoint"
-        )
-    model = GPT(GPTConfig.from_dict(meta["model_config"]))
-    if device is not None:
-        model.to(device if isinstance(device, torch.device) else get_device(device))
-    load_checkpoint(path, model)
-    return model.eval()
-
-
-def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
-    """The tokenizer recorded in a checkpoint (tiktoken GPT-2, CharTokenizer or BPETokenizer)."""
-    path = _resolve_checkpoint(directory)
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    record = meta.get("tokenizer")
-    if record is None:
-        raise CheckpointError(
-            f"{path} records no tokenizer; save_checkpoint(..., tokenizer=...) stores one, "
-            "or build the tokenizer yourself"
-        )
-    from gptlab import tokenizers
-
-    if record["kind"] == "gpt2":
-        return tokenizers.get_tokenizer("gpt2")
-    if record["kind"] in ("CharTokenizer", "BPETokenizer"):
-        return getattr(tokenizers, record["kind"]).load(path / record["file"])
-    raise CheckpointError(f"{path} records an unknown tokenizer kind {record['kind']!r}")
-
-
-# --------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------
 
@@ -838,6 +470,105 @@ def _as_token_tensor(ids: Any, name: str, block_size: int) -> torch.Tensor:
     return t
 
 
+# TrainConfig fields that change what is shown or stored, not the run itself: resuming with
+# other values continues the same run.
+_BOOKKEEPING_FIELDS = frozenset(
+    {
+        "progress",
+        "device",
+        "checkpoint_dir",
+        "checkpoint_interval",
+        "eval_interval",
+        "eval_iters",
+        "sample_interval",
+    }
+)
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any], ignore: frozenset[str]) -> list[str]:
+    """``"name: old -> new"`` for every field recorded in both that differs."""
+    return [
+        f"{k}: {old[k]!r} -> {new[k]!r}"
+        for k in new
+        if k in old and k not in ignore and old[k] != new[k]
+    ]
+
+
+def _check_resume_config(
+    ckpt: Checkpoint, model: nn.Module, cfg: TrainConfig, allow_config_change: bool
+) -> None:
+    """Refuse a model that differs from the checkpoint's; a changed TrainConfig only if allowed."""
+    config = getattr(_unwrap(model), "config", None)
+    if ckpt.model_config is not None and hasattr(config, "to_dict"):
+        changes = _changes(ckpt.model_config, config.to_dict(), frozenset())
+        if changes:
+            raise CheckpointError(
+                f"the model's config differs from the one {ckpt.path} was trained with "
+                f"({'; '.join(changes)}); its weights belong to that model: build it with "
+                "GPT(GPTConfig.from_dict(load_checkpoint(dir).model_config)), or in a run file "
+                "restore the [model] values"
+            )
+    if ckpt.train_config is None:
+        return
+    changes = _changes(ckpt.train_config, cfg.to_dict(), _BOOKKEEPING_FIELDS)
+    if not changes:
+        return
+    listing = "; ".join(changes)
+    if not allow_config_change:
+        raise CheckpointError(
+            f"the TrainConfig differs from the one {ckpt.path} was trained with ({listing}); "
+            "resuming with other settings is a different run, not a continuation: restore those "
+            "values, or pass allow_config_change=True (command line: --allow-config-change) to "
+            "continue with the new ones"
+        )
+    warnings.warn(f"resuming {ckpt.path} with a changed TrainConfig: {listing}", stacklevel=3)
+
+
+@dataclass
+class _StopRequest:
+    """Set by a signal handler; the loop then finishes its step, saves a checkpoint and stops."""
+
+    signum: int = 0  # 0: no signal yet
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool, announce: bool) -> Iterator[_StopRequest]:
+    """While training, turn SIGINT and SIGTERM into a request to save and stop after this step.
+
+    The first signal restores the previous handlers, so a second one acts at once (Ctrl-C
+    twice stops without saving). Handlers can only be set in the main thread; elsewhere, or
+    when ``enabled`` is false, signals keep their usual effect.
+    """
+    request = _StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signums}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        request.signum = signum
+        restore()
+        if announce:
+            print(
+                f"\ngptlab.train: got {signal.Signals(signum).name}: finishing this step and saving "
+                "a checkpoint (send it again to stop at once, without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    for s in signums:
+        signal.signal(s, handler)
+    try:
+        yield request
+    finally:
+        restore()
+
+
 def train(
     model: nn.Module,
     train_ids: Any,
@@ -848,19 +579,32 @@ def train(
     stop_at: int | None = None,
     sample_fn: Callable[[nn.Module, int], str | None] | None = None,
     tokenizer: Any = None,
+    allow_config_change: bool = False,
 ) -> History:
     """Train ``model`` (a GPT: ``model(x, y) -> (logits, loss)``) on token ids; return its History.
 
     - ``val_ids``: held-out tokens; evaluated at the start, every ``eval_interval`` steps and at
       the end (rank 0 only). ``None`` skips evaluation.
     - ``resume_from``: a checkpoint directory; weights, optimizer, step, history and every RNG
-      are restored, so the run continues exactly where it stopped.
+      are restored, so the run continues exactly where it stopped. The model must have the
+      checkpoint's GPTConfig. A TrainConfig that differs from the recorded one (other than in
+      display and bookkeeping fields such as ``progress``, ``device`` or ``eval_interval``) is
+      refused unless ``allow_config_change=True``, which continues with the new values.
     - ``stop_at``: stop after this many steps although the schedule runs to ``cfg.max_steps``
       (e.g. to split a long run into sessions; a checkpoint is saved when stopping).
     - ``sample_fn(model, step)``: called every ``sample_interval`` steps in eval mode, without
       gradients and with the RNG state forked, so sampling never changes the training run; a
       returned string is printed.
     - ``tokenizer``: recorded in checkpoints so ``python -m gptlab generate`` can decode.
+
+    ``cfg.checkpoint_dir`` is checked before any work: it must be new, empty or a gptlab
+    checkpoint (see :func:`gptlab.checkpoint.prepare_checkpoint_dir`); gptlab never replaces a
+    folder holding other files.
+
+    Interrupting: with a ``checkpoint_dir``, Ctrl-C (SIGINT) or SIGTERM lets the current step
+    finish, saves a checkpoint of it, and then raises ``KeyboardInterrupt`` (SIGINT) or
+    ``SystemExit(128 + SIGTERM)`` (SIGTERM, exit status 143), so the run can be resumed from
+    that step. A second signal stops at once. Without a ``checkpoint_dir`` signals act as usual.
 
     Data: one generator seeded with ``cfg.seed`` draws every batch. Under torchrun all ranks
     draw the same global batch of ``batch_size * WORLD_SIZE`` windows and rank r trains on rows
@@ -870,6 +614,10 @@ def train(
     cfg = TrainConfig() if cfg is None else cfg
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(allow_config_change, bool):
+        raise TypeError(f"allow_config_change must be True or False, got {allow_config_change!r}")
     model_block = getattr(getattr(_unwrap(model), "config", None), "block_size", None)
     if model_block is not None and cfg.block_size > model_block:
         raise ValueError(
@@ -882,9 +630,14 @@ def train(
     end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
     if isinstance(end, bool) or not isinstance(end, int) or end < 1:
         raise ValueError(f"stop_at must be a positive int or None, got {stop_at!r}")
+    if resume_from is not None:  # meta.json only: refuse a mismatch before any work
+        ckpt = load_checkpoint(resume_from, read_training_state=False)
+        _check_resume_config(ckpt, model, cfg, allow_config_change)
 
     d, device = _setup_distributed(cfg.device)
     try:
+        if d.is_main and cfg.checkpoint_dir is not None:
+            prepare_checkpoint_dir(cfg.checkpoint_dir)  # refuses a folder that is not ours
         return _train_loop(
             model, train_ids, val_ids, cfg, d, device, resume_from, end, sample_fn, tokenizer
         )
@@ -983,50 +736,76 @@ def _train_loop(
         unit="step",
         disable=not (cfg.progress and d.is_main),
     )
-    for step in range(start, end):
-        lr = lr_at(
-            step,
-            max_lr=cfg.lr,
-            min_lr=cfg.final_lr,
-            warmup_steps=cfg.warmup_steps,
-            max_steps=cfg.max_steps,
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    can_stop = cfg.checkpoint_dir is not None  # the same on every rank: the check is collective
+    with _stop_on_signals(can_stop, announce=d.is_main) as request:
+        for step in range(start, end):
+            lr = lr_at(
+                step,
+                max_lr=cfg.lr,
+                min_lr=cfg.final_lr,
+                warmup_steps=cfg.warmup_steps,
+                max_steps=cfg.max_steps,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        batches = [next_micro_batch() for _ in range(cfg.grad_accum_steps)]
-        loss = accumulate_gradients(net, batches, autocast=autocast)
-        grad_norm = clip_gradients(model, cfg.grad_clip)  # grads are already all-reduced
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            batches = [next_micro_batch() for _ in range(cfg.grad_accum_steps)]
+            loss = accumulate_gradients(net, batches, autocast=autocast)
+            grad_norm = clip_gradients(model, cfg.grad_clip)  # grads are already all-reduced
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        done = step + 1
-        loss_value = float(_mean_over_ranks(loss, d))
-        history.steps.append(done)
-        history.train_loss.append(loss_value)
-        history.lr.append(lr)
-        history.tokens_seen.append(done * tokens_per_step)
-        history.grad_norm.append(grad_norm)
+            done = step + 1
+            loss_value = float(_mean_over_ranks(loss, d))
+            history.steps.append(done)
+            history.train_loss.append(loss_value)
+            history.lr.append(lr)
+            history.tokens_seen.append(done * tokens_per_step)
+            history.grad_norm.append(grad_norm)
 
-        if cfg.eval_interval > 0 and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
-            run_eval(done)
-        if (
-            sample_fn is not None
-            and cfg.sample_interval > 0
-            and done % cfg.sample_interval == 0
-            and d.is_main
-        ):
-            _call_sample_fn(sample_fn, model, done, device, bar)
-        if done == end or (cfg.checkpoint_interval > 0 and done % cfg.checkpoint_interval == 0):
-            save(done)
+            if cfg.eval_interval > 0 and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
+                run_eval(done)
+            if (
+                sample_fn is not None
+                and cfg.sample_interval > 0
+                and done % cfg.sample_interval == 0
+                and d.is_main
+            ):
+                _call_sample_fn(sample_fn, model, done, device, bar)
+            saved = done == end or (
+                cfg.checkpoint_interval > 0 and done % cfg.checkpoint_interval == 0
+            )
+            if saved:
+                save(done)
+            signum = _max_over_ranks(request.signum, d, device) if can_stop else 0
+            if signum:
+                if not saved:
+                    save(done)
+                bar.close()
+                _stopped(signum, done, cfg, d.is_main)
 
-        postfix = {"loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}"}
-        if history.val_loss:
-            postfix["val"] = f"{history.val_loss[-1]:.4f}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
+            postfix = {"loss": f"{loss_value:.4f}", "lr": f"{lr:.2e}"}
+            if history.val_loss:
+                postfix["val"] = f"{history.val_loss[-1]:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
     bar.close()
     return history
+
+
+def _stopped(signum: int, step: int, cfg: TrainConfig, announce: bool) -> None:
+    """Report the checkpoint a signal made us save, then stop as the signal asked."""
+    if announce:
+        print(
+            f"gptlab.train: stopped at step {step} of {cfg.max_steps}; checkpoint saved to "
+            f"{cfg.checkpoint_dir!r}. Continue with train(..., resume_from={cfg.checkpoint_dir!r}) "
+            "or 'python -m gptlab train --config RUN.toml --resume'",
+            file=sys.stderr,
+            flush=True,
+        )
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
 
 
 def _call_sample_fn(

@@ -5,27 +5,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from gptlab.data import get_batch
 from gptlab.model import GPT, GPTConfig
 from gptlab.train import (
     CheckpointError,
-    History,
     TrainConfig,
     accumulate_gradients,
     clip_gradients,
     configure_optimizer,
     evaluate,
     load_checkpoint,
-    load_model,
+    load_tokenizer,
     lr_at,
-    save_checkpoint,
     split_decay_params,
     train,
 )
@@ -312,105 +311,156 @@ def test_resume_is_bit_exact(tmp_path):
     assert history.steps == list(range(1, 7))
 
 
-def test_checkpoint_files_and_tied_weights(tmp_path):
-    model = tiny_model()
-    opt = configure_optimizer(model, 1e-3, 0.1)
-    history = History(steps=[1], train_loss=[2.5], lr=[1e-3], tokens_seen=[64], grad_norm=[0.3])
-    save_checkpoint(
-        tmp_path / "c",
-        model,
-        opt,
-        step=1,
-        train_config=tiny_cfg(),
-        history=history,
-        extra={"note": "hi"},
-    )
-    files = sorted(p.name for p in (tmp_path / "c").iterdir())
-    assert files == ["meta.json", "model.safetensors", "optimizer.pt"]
-    tensors = load_file(tmp_path / "c" / "model.safetensors")
-    assert "lm_head.weight" not in tensors  # stored once ...
-    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
-    assert meta["tied_weights"] == {"lm_head.weight": "transformer.wte.weight"}
-    assert meta["model_config"] == model.config.to_dict()
-    assert meta["train_config"]["batch_size"] == 4 and meta["extra"] == {"note": "hi"}
-    assert meta["gptlab_version"]
-    torch.load(
-        tmp_path / "c" / "optimizer.pt", weights_only=True
-    )  # plain tensors and containers only
-    loaded = load_model(tmp_path / "c")
-    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # ... and re-tied on load
-    assert_same_weights(model, loaded)
-    ckpt = load_checkpoint(tmp_path / "c")
-    assert ckpt.history == history and ckpt.train_config == tiny_cfg()
-
-
-def test_crash_during_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
-    target = tmp_path / "ckpt"
-    old = tiny_model(seed=1)
-    save_checkpoint(target, old, step=1)
-    new = tiny_model(seed=2)
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("gptlab.train.torch.save", crash)  # dies after the weights were written
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(target, new, configure_optimizer(new, 1e-3, 0.1), step=2)
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no partial or temporary directory
-    assert load_checkpoint(target).step == 1
-    assert_same_weights(load_model(target), old)
-
-
-def test_crash_between_the_two_renames_is_recovered(tmp_path, monkeypatch):
-    target = tmp_path / "ckpt"
-    old = tiny_model(seed=1)
-    save_checkpoint(target, old, step=1)
-    real_rename = os.rename
-    calls = []
-
-    def rename(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:  # target was moved aside; the new one is not in place yet
-            raise OSError("power cut")
-        real_rename(src, dst)
-
-    monkeypatch.setattr("gptlab.train.os.rename", rename)
-    with pytest.raises(OSError, match="power cut"):
-        save_checkpoint(target, tiny_model(seed=2), step=2)
-    monkeypatch.setattr("gptlab.train.os.rename", real_rename)
-    assert not target.exists()
-    assert load_checkpoint(target).step == 1  # read from the intact old copy
-    assert_same_weights(load_model(target), old)
-    save_checkpoint(target, tiny_model(seed=3), step=3)  # the next save tidies up
+def test_resume_from_a_checkpoint_a_crashed_save_left_behind(tmp_path):
+    """A save that died between its renames leaves only .ckpt.old: resuming continues from it."""
+    ids = token_stream()
+    cfg = tiny_cfg(max_steps=4, checkpoint_dir=str(tmp_path / "ckpt"))
+    straight = tiny_model()
+    train(straight, ids, None, TrainConfig(**{**cfg.to_dict(), "checkpoint_dir": None}))
+    train(tiny_model(), ids, None, cfg, stop_at=2)
+    os.rename(tmp_path / "ckpt", tmp_path / ".ckpt.old")
+    resumed = tiny_model(seed=5)
+    history = train(resumed, ids, None, cfg, resume_from=tmp_path / "ckpt")
+    assert history.steps == [1, 2, 3, 4]
+    assert_same_weights(straight, resumed)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
-    assert load_checkpoint(target).step == 3
 
 
-def test_shape_mismatch_names_tensor_and_shapes(tmp_path):
-    save_checkpoint(tmp_path / "c", tiny_model(n_embd=32))
-    msg = "shape mismatch for tensor 'transformer.wte.weight': checkpoint has (16, 32), model has (16, 48)"
-    with pytest.raises(CheckpointError, match=re.escape(msg)):
-        load_checkpoint(tmp_path / "c", tiny_model(n_embd=48))
+# ------------------------------------------------------------------------- resume settings
+@pytest.fixture
+def two_step_checkpoint(tmp_path):
+    """A run of tiny_cfg(max_steps=6) stopped after 2 steps; returns (cfg, directory)."""
+    cfg = tiny_cfg(checkpoint_dir=str(tmp_path / "ckpt"))
+    train(tiny_model(), token_stream(), None, cfg, stop_at=2)
+    return cfg, tmp_path / "ckpt"
 
 
-def test_missing_checkpoint_message(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoint at .*meta.json"):
-        load_checkpoint(tmp_path / "nothing")
+def test_resume_refuses_a_different_model_config(two_step_checkpoint):
+    """Fails on the old code: n_head 2 -> 4 has the same shapes, so it trained on silently."""
+    cfg, ckpt = two_step_checkpoint
+    torch.manual_seed(0)
+    other = GPT(GPTConfig(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=4, n_embd=32))
+    with pytest.raises(CheckpointError, match=r"model's config differs .*\(n_head: 2 -> 4\)"):
+        train(other, token_stream(), None, cfg, resume_from=ckpt, allow_config_change=True)
+    assert load_checkpoint(ckpt).step == 2  # nothing was trained or saved
 
 
-def test_history_round_trips_through_json():
-    h = History(
-        steps=[1, 2],
-        train_loss=[3.0, 2.5],
-        lr=[1e-4, 2e-4],
-        tokens_seen=[10, 20],
-        grad_norm=[1.0, 0.5],
-        eval_steps=[0, 2],
-        val_loss=[3.1, 2.6],
+def test_resume_names_train_config_changes_and_needs_permission(two_step_checkpoint):
+    """Fails on the old code: a changed lr, batch size and seed were accepted without a word."""
+    cfg, ckpt = two_step_checkpoint
+    changed = TrainConfig(**{**cfg.to_dict(), "lr": 1e-3, "batch_size": 3, "seed": 7})
+    pattern = (
+        r"batch_size: 4 -> 3; lr: 0\.003 -> 0\.001; .*seed: 123 -> 7.*allow_config_change=True"
     )
-    assert History.from_dict(json.loads(json.dumps(h.to_dict()))) == h
-    with pytest.raises(ValueError, match="unknown History key 'bogus'"):
-        History.from_dict({"bogus": []})
+    with pytest.raises(CheckpointError, match=pattern):
+        train(tiny_model(), token_stream(), None, changed, resume_from=ckpt)
+    assert load_checkpoint(ckpt).step == 2
+    with pytest.warns(UserWarning, match=r"changed TrainConfig: batch_size: 4 -> 3"):
+        history = train(
+            tiny_model(), token_stream(), None, changed, resume_from=ckpt, allow_config_change=True
+        )
+    assert history.steps == list(range(1, 7))
+    assert load_checkpoint(ckpt).train_config["lr"] == 1e-3  # the new settings are recorded
+
+
+def test_resume_accepts_bookkeeping_changes(two_step_checkpoint):
+    cfg, ckpt = two_step_checkpoint
+    shown = TrainConfig(**{**cfg.to_dict(), "eval_interval": 3, "checkpoint_interval": 1})
+    history = train(tiny_model(), token_stream(), token_stream(seed=1), shown, resume_from=ckpt)
+    assert history.steps == list(range(1, 7)) and history.eval_steps == [3, 6]
+
+
+# ------------------------------------------------------------------------- signals
+SIGTERM_SCRIPT = """
+import sys
+
+import torch
+
+from gptlab.model import GPT, GPTConfig
+from gptlab.tokenizers import CharTokenizer
+from gptlab.train import TrainConfig, train
+
+torch.set_num_threads(1)
+text = "the quick brown fox jumps over the lazy dog. " * 20
+tokenizer = CharTokenizer.from_text(text)
+torch.manual_seed(0)
+model = GPT(
+    GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+)
+cfg = TrainConfig(
+    batch_size=2, block_size=16, max_steps=1_000_000, warmup_steps=1, eval_interval=0,
+    sample_interval=1, device="cpu", progress=False, checkpoint_dir=sys.argv[1],
+)
+
+
+def report(model, step):
+    print(f"step {step}", flush=True)
+
+
+train(model, torch.tensor(tokenizer.encode(text)), cfg=cfg, sample_fn=report, tokenizer=tokenizer)
+"""
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+    """Fails on the old code: SIGTERM killed the process at once and nothing was saved."""
+    script = tmp_path / "run.py"
+    script.write_text(SIGTERM_SCRIPT, encoding="utf-8")
+    runs = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(runs / "ckpt")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        first = proc.stdout.readline()  # the first step is done
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert first == "step 1\n", err[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped at step" in err and "resume" in err
+    assert [p.name for p in runs.iterdir()] == ["ckpt"]  # no .tmp-* or .old left behind
+
+    ckpt = load_checkpoint(runs / "ckpt")
+    assert ckpt.step >= 1 and ckpt.history.steps == list(range(1, ckpt.step + 1))
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    tokenizer = load_tokenizer(runs / "ckpt")
+    history = train(
+        GPT(GPTConfig.from_dict(ckpt.model_config)),
+        torch.tensor(tokenizer.encode(text)),
+        cfg=TrainConfig.from_dict(ckpt.train_config),
+        resume_from=runs / "ckpt",
+        stop_at=ckpt.step + 1,
+    )
+    assert history.steps == list(range(1, ckpt.step + 2))
+    assert load_checkpoint(runs / "ckpt").step == ckpt.step + 1
+
+
+def test_ctrl_c_saves_the_current_step_then_raises_keyboard_interrupt(tmp_path):
+    """Fails on the old code: Ctrl-C raised at once and the steps since the last save were lost.
+
+    The checkpoint holds the full state of step 2: resuming it gives the same weights as an
+    uninterrupted run.
+    """
+    ids = token_stream()
+    cfg = tiny_cfg(max_steps=4, sample_interval=2, checkpoint_dir=str(tmp_path / "ckpt"))
+
+    def press_ctrl_c(model, step):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(dropout=0.1), ids, None, cfg, sample_fn=press_ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is handler  # our handler is gone again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert load_checkpoint(tmp_path / "ckpt").step == 2
+
+    straight = tiny_model(dropout=0.1)
+    train(straight, ids, None, TrainConfig(**{**cfg.to_dict(), "checkpoint_dir": None}))
+    resumed = tiny_model(seed=9, dropout=0.1)
+    train(resumed, ids, None, cfg, resume_from=tmp_path / "ckpt")
+    assert_same_weights(straight, resumed)
 
 
 # ------------------------------------------------------------------------- configuration
