@@ -219,6 +219,21 @@ def test_4_5_accepts_linear_weights_only(capsys):
     assert _verdict("4.5", split_decay_params, capsys)[0]
 
 
+def test_4_5_accepts_nanogpt_rule_embeddings_decayed(capsys):
+    """Decaying the embedding tables is a published choice (nanoGPT), not a mistake."""
+    ok, out = _verdict("4.5", _by_dim, capsys)
+    assert ok and "correct" in out
+
+
+def test_4_5_rejects_decaying_only_one_embedding_table(capsys):
+    def one_table(model):
+        decay, no_decay = _split(model)
+        return decay + ["transformer.wte.weight"], [n for n in no_decay if "wte" not in n]
+
+    ok, out = _verdict("4.5", one_table, capsys)
+    assert not ok and "both embedding tables or neither" in out
+
+
 def _by_dim(model):  # nanoGPT's rule: every 2-D tensor decays, embeddings included
     named = list(model.named_parameters())
     return [n for n, p in named if p.dim() >= 2], [n for n, p in named if p.dim() < 2]
@@ -245,7 +260,6 @@ def _tensors(model):
 @pytest.mark.parametrize(
     ("wrong", "hint"),
     [
-        (_by_dim, "embedding tables"),
         (_everything, "biases only shift"),
         (_with_lm_head, "tied"),
         (_missing_one, "in neither group"),

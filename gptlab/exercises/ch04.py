@@ -249,15 +249,22 @@ def check_decay_split(answer: Any) -> str | None:
     missing = sorted((want_decay | want_no) - set(decay) - set(no_decay))
     if missing:
         return f"some parameters are in neither group, e.g. {missing[0]!r}"
-    wrongly_decayed = sorted(set(decay) - want_decay)
+    # Decaying the embedding tables is a choice, not a mistake: minGPT leaves them out (as
+    # gptlab does), nanoGPT decays every 2-D tensor. Both splits are accepted, all or none.
+    embeddings = {n for n in want_no if n.startswith(("transformer.wte.", "transformer.wpe."))}
+    decayed_embeddings = set(decay) & embeddings
+    if decayed_embeddings and decayed_embeddings != embeddings:
+        return (
+            f"decay both embedding tables or neither: {sorted(decayed_embeddings)} is decayed "
+            f"but {sorted(embeddings - decayed_embeddings)} is not"
+        )
+    wrongly_decayed = sorted(set(decay) - want_decay - embeddings)
     if wrongly_decayed:
         name = wrongly_decayed[0]
         if name.endswith(".bias"):
             why = "biases only shift a layer's output; shrinking them towards 0 buys nothing"
-        elif ".ln_" in name:
-            why = "LayerNorm gains should stay near 1, not be pulled towards 0"
         else:
-            why = "embedding tables are looked up row by row; GPT-2 does not decay them"
+            why = "LayerNorm gains should stay near 1, not be pulled towards 0"
         return f"{name!r} should NOT be decayed: {why}"
     not_decayed = sorted(want_decay - set(decay))
     if not_decayed:
