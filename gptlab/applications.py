@@ -496,7 +496,7 @@ def sample_functions(
         raise ValueError("prompt must be a non-empty string such as 'def '")
     if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int)):
         raise TypeError(f"max_chars must be an int or None, got {type(max_chars).__name__}")
-    ids = tokenizer.encode(prompt)
+    ids = getattr(tokenizer, "encode_ordinary", tokenizer.encode)(prompt)  # specials stay text
     device = next(model.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -355,7 +355,8 @@ def _passage_from(text: str, start: int, tokenizer: Any, passage_tokens: int) ->
     """Encode text from ``start`` until it yields ``passage_tokens`` tokens (or the text ends)."""
     n_chars = 8 * passage_tokens  # a BPE token is rarely longer than 8 characters
     while True:
-        ids = list(tokenizer.encode(text[start : start + n_chars]))
+        encode = getattr(tokenizer, "encode_ordinary", tokenizer.encode)  # specials stay text
+        ids = list(encode(text[start : start + n_chars]))
         if len(ids) > passage_tokens or start + n_chars >= len(text):
             return ids[:passage_tokens]
         n_chars *= 2

@@ -261,7 +261,7 @@ def _single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     for word in words:
         if not isinstance(word, str):
             raise TypeError(f"words must be strings, got {word!r}")
-        pieces = tokenizer.encode(word)
+        pieces = getattr(tokenizer, "encode_ordinary", tokenizer.encode)(word)  # specials: text
         if len(pieces) != 1:
             shown = [tokenizer.decode([p]) for p in pieces]
             raise ValueError(
@@ -294,7 +294,8 @@ def next_word_probs(
     for prompt in prompts:
         if not isinstance(prompt, str) or not prompt:
             raise ValueError(f"each prompt must be a non-empty string, got {prompt!r}")
-        ids = tokenizer.encode(prompt)[-model.config.block_size :]
+        ids = getattr(tokenizer, "encode_ordinary", tokenizer.encode)(prompt)  # specials: text
+        ids = ids[-model.config.block_size :]
         logits = model.next_token_logits(torch.tensor([ids], device=device))  # (1, V)
         rows.append(torch.softmax(logits[0].float(), dim=-1)[word_ids.to(device)].cpu())
     return torch.stack(rows)  # (P, W)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,14 @@ import torch.nn.functional as F
 
 from gptlab.attention import CausalSelfAttention, KVCache
 
-__all__ = ["GPT", "GPTConfig", "PRESETS"]
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "PRESETS",
+    "check_fits_in_memory",
+    "check_token_ids",
+    "memory_limit_bytes",
+]
 
 ACTIVATIONS = ("gelu_tanh", "gelu")
 
@@ -63,45 +71,16 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        # One line per field; the checks (below the class) say what is wrong and how to fix it.
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"GPTConfig.{name} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(
-                    f"GPTConfig.{name} must be positive, got {value}; use e.g. 1 or more"
-                )
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(
-                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}) so "
-                f"each head gets n_embd // n_head features; e.g. n_head="
-                f"{_nearest_divisor(self.n_embd, self.n_head)} or n_embd="
-                f"{math.ceil(self.n_embd / self.n_head) * self.n_head}"
-            )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise TypeError(f"GPTConfig.dropout must be a float, got {self.dropout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(
-                f"GPTConfig.dropout must be in [0, 1), got {self.dropout}; 0.0 turns dropout off, "
-                "0.1 is GPT-2's value"
-            )
-        if not isinstance(self.bias, bool):
-            raise TypeError(f"GPTConfig.bias must be True or False, got {self.bias!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"GPTConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}; "
-                "GPT-2 uses 'gelu_tanh'"
-            )
-        if isinstance(self.layer_norm_eps, bool) or not isinstance(
-            self.layer_norm_eps, (int, float)
-        ):
-            raise TypeError(
-                f"GPTConfig.layer_norm_eps must be a float, got {self.layer_norm_eps!r}"
-            )
-        if not self.layer_norm_eps > 0:
-            raise ValueError(
-                f"GPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}; use 1e-5"
-            )
+            _require_positive_int(name, getattr(self, name))
+        _require_heads_divide(self.n_embd, self.n_head)
+        _require_float(
+            "dropout", self.dropout, low=0, high=1, hint="0.0 turns it off, GPT-2 uses 0.1"
+        )
+        _require_bool("bias", self.bias)
+        _require_choice("activation", self.activation, ACTIVATIONS, hint="GPT-2 uses 'gelu_tanh'")
+        _require_float("layer_norm_eps", self.layer_norm_eps, low=0, hint="use 1e-5")
 
     @property
     def head_dim(self) -> int:
@@ -132,8 +111,50 @@ class GPTConfig:
         return cls(**d)
 
 
+# ---------------------------------------------------------------------- config field checks
+
+
+def _require_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"GPTConfig.{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"GPTConfig.{name} must be positive, got {value}; use e.g. 1 or more")
+
+
+def _require_heads_divide(n_embd: int, n_head: int) -> None:
+    if n_embd % n_head != 0:
+        raise ValueError(
+            f"GPTConfig.n_embd ({n_embd}) must be divisible by n_head ({n_head}) so each head "
+            f"gets n_embd // n_head features; e.g. n_head={_nearest_divisor(n_embd, n_head)} or "
+            f"n_embd={math.ceil(n_embd / n_head) * n_head}"
+        )
+
+
 def _nearest_divisor(n: int, near: int) -> int:
     return min((h for h in range(1, n + 1) if n % h == 0), key=lambda h: (abs(h - near), h))
+
+
+def _require_float(
+    name: str, value: Any, *, low: float, high: float | None = None, hint: str
+) -> None:
+    """A finite real number in ``[low, high)`` (``high=None``: ``> low``); NaN and inf fail."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"GPTConfig.{name} must be a float, got {value!r}")
+    if high is None:
+        if not (math.isfinite(value) and value > low):
+            raise ValueError(f"GPTConfig.{name} must be > {low:g} and finite, got {value}; {hint}")
+    elif not low <= value < high:  # also False for NaN
+        raise ValueError(f"GPTConfig.{name} must be in [{low:g}, {high:g}), got {value}; {hint}")
+
+
+def _require_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"GPTConfig.{name} must be True or False, got {value!r}")
+
+
+def _require_choice(name: str, value: Any, choices: tuple[str, ...], *, hint: str) -> None:
+    if value not in choices:
+        raise ValueError(f"GPTConfig.{name} must be one of {choices}, got {value!r}; {hint}")
 
 
 class MLP(nn.Module):
@@ -180,6 +201,7 @@ class GPT(nn.Module):
                 f"GPT expects a GPTConfig, got {type(config).__name__}; build one with "
                 "GPTConfig(...) or GPTConfig.preset('nano')"
             )
+        _check_model_fits(config)  # before allocating: a typo like n_layer=10**6 fails at once
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
@@ -227,14 +249,9 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab_size)
         if targets is None:
             return logits, None
-        if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
-            raise ValueError(
-                f"targets must be a tensor shaped like idx {tuple(idx.shape)}, got "
-                f"{tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__}"
-                "; targets are idx shifted left by one"
-            )
+        _check_targets(targets, idx, self.config.vocab_size, ignore_index)
         loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
+            logits.view(-1, logits.size(-1)), targets.reshape(-1).long(), ignore_index=ignore_index
         )
         return logits, loss
 
@@ -263,18 +280,14 @@ class GPT(nn.Module):
 
     def _check_input(self, idx: torch.Tensor, kv_cache: KVCache | None) -> int:
         """Raise a helpful error for bad ``idx``; return the number of cached positions."""
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(
-                f"idx must be a LongTensor of token ids, got {type(idx).__name__}; "
-                "use torch.tensor([ids], dtype=torch.long)"
-            )
+        check_token_ids(idx, self.config.vocab_size)
         if idx.dim() != 2:
             raise ValueError(
                 f"idx must be 2-D (batch, time), got shape {tuple(idx.shape)}; "
                 "for one sequence use idx[None] (or idx.unsqueeze(0))"
             )
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise TypeError(f"idx must hold integer token ids, got {idx.dtype}; use idx.long()")
+        if idx.shape[0] == 0:
+            raise ValueError("idx has no sequences (batch size 0); pass at least one row")
         if idx.shape[1] == 0:
             raise ValueError("idx has no tokens (T = 0); pass at least one token id")
         past = 0 if kv_cache is None else kv_cache.length
@@ -286,15 +299,6 @@ class GPT(nn.Module):
                 f"crop it to the last {self.config.block_size} tokens (idx[:, -block_size:]) "
                 "or use a config with a larger block_size"
             )
-        if torch.compiler.is_compiling():
-            return past  # reading values back to Python would break the compiled graph
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"token id {bad} is outside [0, {self.config.vocab_size}) (vocab_size); "
-                "encode with the tokenizer this model was built for, or raise vocab_size"
-            )
         return past
 
     # --------------------------------------------------------------------------- utilities
@@ -303,8 +307,16 @@ class GPT(nn.Module):
         """An empty KV cache for ``batch_size`` sequences, holding up to ``block_size`` positions."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        cache = KVCache(self.config.n_layer, self.config.block_size)
         wte = self.transformer.wte.weight
+        c = self.config
+        n_values = 2 * c.n_layer * batch_size * c.block_size * c.n_embd  # keys and values
+        check_fits_in_memory(
+            n_values * wte.element_size(),
+            f"a KV cache for {batch_size:,} sequences of {c.block_size} positions",
+            wte.device,
+            "generate fewer sequences at once (a smaller batch or num_return_sequences)",
+        )
+        cache = KVCache(self.config.n_layer, self.config.block_size)
         cache.allocate(
             batch_size, self.config.n_head, self.config.head_dim, dtype=wte.dtype, device=wte.device
         )
@@ -334,3 +346,137 @@ class GPT(nn.Module):
             key = ".".join(parts[:3]) if parts[0] == "h" else parts[0]
             counts[key] = counts.get(key, 0) + p.numel()
         return counts
+
+
+# ------------------------------------------------------------------------- memory and inputs
+
+
+def _check_model_fits(config: GPTConfig) -> None:
+    n = _parameter_count(config)
+    dtype = torch.get_default_dtype()
+    check_fits_in_memory(
+        n * dtype.itemsize,
+        f"GPT({config}) has {n:,} parameters, which in {dtype}",
+        None,
+        "use a smaller n_layer, n_embd or vocab_size",
+    )
+
+
+def _check_targets(targets: Any, idx: torch.Tensor, vocab_size: int, ignore_index: Any) -> None:
+    """Targets are ids shaped like ``idx``, each in ``[0, vocab_size)`` or ``ignore_index``."""
+    if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+        got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise ValueError(
+            f"targets must be a tensor shaped like idx {tuple(idx.shape)}, got {got}; "
+            "targets are idx shifted left by one"
+        )
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int (usually -100), got {ignore_index!r}")
+    if targets.dtype not in (torch.long, torch.int32):
+        raise TypeError(
+            f"targets must hold integer token ids as torch.long, got {targets.dtype}; "
+            "use targets.long()"
+        )
+    if torch.compiler.is_compiling():
+        return
+    bad = ((targets < 0) | (targets >= vocab_size)) & (targets != ignore_index)
+    if bool(bad.any()):
+        value = int(targets[bad][0])
+        raise ValueError(
+            f"target {value} is outside [0, {vocab_size}) (vocab_size) and is not ignore_index "
+            f"({ignore_index}); mark positions to skip with ignore_index, or check the labels"
+        )
+
+
+MAX_BYTES_ENV = "GPTLAB_MAX_BYTES"
+
+
+def memory_limit_bytes(device: torch.device | str | None = None) -> int | None:
+    """The most bytes gptlab lets one model or generation buffer take on ``device``.
+
+    The environment variable ``GPTLAB_MAX_BYTES`` wins when set; otherwise it is the device's
+    total memory (a GPU's, or the machine's RAM for the CPU and Apple's unified memory), and
+    ``None`` (no limit) on the ``meta`` device or where the size cannot be read. The point is to
+    refuse a request that cannot fit *before* allocating, instead of swapping or being killed.
+    """
+    override = os.environ.get(MAX_BYTES_ENV)
+    if override is not None:
+        try:
+            limit = int(override)
+        except ValueError:
+            limit = -1
+        if limit < 1:
+            raise ValueError(
+                f"{MAX_BYTES_ENV}={override!r} must be a positive whole number of bytes, "
+                "e.g. 8000000000 for 8 GB"
+            )
+        return limit
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    if device.type == "meta":
+        return None
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system (Windows)
+        return None
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes >= 10**8:
+        return f"{n_bytes / 1e9:.3g} GB"
+    return f"{n_bytes / 1e6:.3g} MB" if n_bytes >= 10**5 else f"{n_bytes:,} bytes"
+
+
+def check_fits_in_memory(
+    n_bytes: int, what: str, device: torch.device | str | None, fix: str
+) -> None:
+    """Refuse to allocate ``n_bytes`` for ``what`` when they exceed :func:`memory_limit_bytes`.
+
+    ``fix`` tells the reader what to ask for instead (e.g. "use fewer layers").
+    """
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    limit = memory_limit_bytes(device)
+    if limit is not None and n_bytes > limit:
+        raise ValueError(
+            f"{what} would need {_size(n_bytes)}, more than the {_size(limit)} of {device.type} "
+            f"memory gptlab allows; {fix}, or set the environment variable {MAX_BYTES_ENV} "
+            "to a larger limit in bytes"
+        )
+
+
+def _parameter_count(config: GPTConfig) -> int:
+    """Parameters of ``GPT(config)`` from the config alone, so its size is known before building."""
+    E, has_bias = config.n_embd, int(config.bias)
+    layer_norm = E + has_bias * E
+    attention = 3 * E * E + has_bias * 3 * E + E * E + has_bias * E  # c_attn, c_proj
+    mlp = 4 * E * E + has_bias * 4 * E + 4 * E * E + has_bias * E  # c_fc, c_proj
+    block = 2 * layer_norm + attention + mlp
+    embeddings = (config.vocab_size + config.block_size) * E  # wte (shared with lm_head), wpe
+    return embeddings + config.n_layer * block + layer_norm  # + ln_f
+
+
+def check_token_ids(idx: Any, vocab_size: int, name: str = "idx") -> None:
+    """Raise a helpful error unless ``idx`` is an int64/int32 tensor of ids in ``[0, vocab_size)``.
+
+    Shapes are the caller's to check. Values are not read while ``torch.compile`` traces.
+    """
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a LongTensor of token ids, got {type(idx).__name__}; "
+            "use torch.tensor([ids], dtype=torch.long)"
+        )
+    if idx.dtype not in (torch.long, torch.int32):  # the dtypes nn.Embedding takes
+        raise TypeError(
+            f"{name} must hold integer token ids as torch.long (or torch.int32), got "
+            f"{idx.dtype}; use {name}.long()"
+        )
+    if idx.numel() == 0 or torch.compiler.is_compiling():
+        return
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"token id {bad} is outside [0, {vocab_size}) (vocab_size) in {name}; "
+            "encode with the tokenizer this model was built for, or raise vocab_size"
+        )

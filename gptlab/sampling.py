@@ -3,25 +3,55 @@
 The filters are small pure functions on a ``(B, vocab_size)`` logits tensor so a chapter can
 apply and plot them one at a time. :func:`generate` chains them in the order Hugging Face uses
 (repetition penalty, temperature, top-k, top-p) and runs the model with a KV cache;
-:func:`stream` yields the same tokens one by one.
+:func:`stream` yields the same tokens one by one, and :func:`decode_stream` /
+:func:`stream_text` turn them into text pieces that never split a UTF-8 character.
+
+Any model that answers :class:`LanguageModel` (gptlab's GPT and Llama) goes through here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import codecs
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 
-from gptlab.model import GPT
+from gptlab.model import check_fits_in_memory, check_token_ids
+from gptlab.tokenizers import CharTokenizer
 
 __all__ = [
+    "LanguageModel",
     "apply_repetition_penalty",
     "apply_temperature",
+    "decode_stream",
     "generate",
     "stream",
+    "stream_text",
     "top_k_filter",
     "top_p_filter",
 ]
+
+
+class LanguageModel(Protocol):
+    """What generation needs from a model; gptlab's GPT and Llama both provide it.
+
+    ``config`` has ``block_size`` and ``vocab_size``; ``next_token_logits(idx, kv_cache=...)``
+    returns ``(B, vocab_size)``; ``new_kv_cache(batch_size)`` returns an empty cache.
+    """
+
+    config: Any
+    training: bool
+
+    def next_token_logits(self, idx: torch.Tensor, *, kv_cache: Any = None) -> torch.Tensor: ...
+
+    def new_kv_cache(self, batch_size: int = 1) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -76,8 +106,67 @@ def apply_repetition_penalty(
     return logits.scatter(1, previous, seen)
 
 
+def _check_model(model: Any) -> None:
+    missing = [
+        name
+        for name in ("next_token_logits", "new_kv_cache", "train", "eval")
+        if not callable(getattr(model, name, None))
+    ]
+    config = getattr(model, "config", None)
+    for field in ("block_size", "vocab_size"):
+        value = getattr(config, field, None)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            missing.append(f"config.{field}")
+    if missing:
+        raise TypeError(
+            f"model must be a gptlab language model (GPT or Llama), got {type(model).__name__}, "
+            f"which lacks {', '.join(missing)}"
+        )
+
+
+def _check_prompt(model: LanguageModel, idx: Any) -> None:
+    """Token ids ``(B, T)`` with B, T >= 1, checked as the model's forward would check them."""
+    check_token_ids(idx, model.config.vocab_size)
+    if idx.dim() != 2:
+        raise ValueError(
+            f"idx must be a 2-D (batch, time) tensor of token ids, got {tuple(idx.shape)}; "
+            "for one prompt use torch.tensor([ids])"
+        )
+    if idx.shape[0] == 0:
+        raise ValueError("idx has no prompts (batch size 0); pass at least one row")
+    if idx.shape[1] == 0:
+        raise ValueError("the prompt is empty; pass at least one token (e.g. <|endoftext|>, 50256)")
+
+
+def _warn_if_longer_than_window(model: LanguageModel, idx: torch.Tensor, stacklevel: int) -> None:
+    """A prompt longer than the window is allowed (generation slides: the model sees only the
+    last ``block_size`` tokens), but its start is then ignored, so say so once per call."""
+    block_size = model.config.block_size
+    if idx.shape[1] > block_size:
+        warnings.warn(
+            f"the prompt is {idx.shape[1]} tokens but the model's block_size is {block_size}: it "
+            f"sees only the last {block_size}. Crop it yourself (idx[:, -{block_size}:]) to "
+            "silence this warning",
+            stacklevel=stacklevel + 1,
+        )
+
+
+def _check_int(name: str, value: Any, low: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}{hint}")
+
+
+def _check_real(
+    name: str, value: Any, condition: str, holds: Callable[[float], bool], hint: str
+) -> None:
+    """``value`` is a real number (not a bool, not NaN) for which ``holds(value)`` is true."""
+    is_real = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not (is_real and not math.isnan(value) and holds(value)):
+        raise ValueError(f"{name} must be {condition}, got {value!r}; {hint}")
+
+
 def _validate(
-    model: GPT,
+    model: LanguageModel,
     idx: torch.Tensor,
     max_new_tokens: int,
     temperature: float,
@@ -87,49 +176,40 @@ def _validate(
     eos_token_id: int | None,
     num_return_sequences: int,
 ) -> None:
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a gptlab GPT, got {type(model).__name__}")
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(
-            f"idx must be a 2-D (batch, time) tensor of token ids, got {shape}; "
-            "for one prompt use torch.tensor([ids])"
-        )
-    if idx.shape[1] == 0:
-        raise ValueError("the prompt is empty; pass at least one token (e.g. <|endoftext|>, 50256)")
-    block_size = model.config.block_size
-    if idx.shape[1] > block_size:
-        raise ValueError(
-            f"the prompt is {idx.shape[1]} tokens but the model's block_size is {block_size}; "
-            f"keep its last {block_size} tokens: idx[:, -{block_size}:]"
-        )
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 0
+    """Check every argument of generate/stream before anything runs (or returns early)."""
+    _check_model(model)
+    _check_prompt(model, idx)
+    _check_int("max_new_tokens", max_new_tokens, 0)
+    _check_int("num_return_sequences", num_return_sequences, 1)
+    _check_real("temperature", temperature, ">= 0 (0 means greedy)", lambda t: t >= 0, "e.g. 0.8")
+    if top_k is not None:
+        _check_int("top_k", top_k, 1, "; use None to disable top-k")
+    if top_p is not None:
+        _check_real("top_p", top_p, "in (0, 1]", lambda p: 0 < p <= 1, "None or 1.0 disables it")
+    _check_real(
+        "repetition_penalty",
+        repetition_penalty,
+        "> 0",
+        lambda r: r > 0,
+        "1.0 disables it, values like 1.2 discourage repeats",
+    )
+    vocab_size = model.config.vocab_size
+    if eos_token_id is not None and (
+        isinstance(eos_token_id, bool)
+        or not isinstance(eos_token_id, int)
+        or not 0 <= eos_token_id < vocab_size
     ):
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}; use None to disable top-k")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}; use None or 1.0 to disable it")
-    if not repetition_penalty > 0:
         raise ValueError(
-            f"repetition_penalty must be > 0, got {repetition_penalty}; 1.0 disables it, "
-            "values like 1.2 discourage repeats"
+            f"eos_token_id {eos_token_id!r} is not a token id: it must be an int in the "
+            f"vocabulary [0, {vocab_size}); pass None to generate max_new_tokens tokens"
         )
-    if eos_token_id is not None and not 0 <= eos_token_id < model.config.vocab_size:
-        raise ValueError(
-            f"eos_token_id {eos_token_id} is outside the vocabulary [0, {model.config.vocab_size})"
-        )
-    if (
-        isinstance(num_return_sequences, bool)
-        or not isinstance(num_return_sequences, int)
-        or num_return_sequences < 1
-    ):
-        raise ValueError(f"num_return_sequences must be an int >= 1, got {num_return_sequences!r}")
+    n_rows = idx.shape[0] * num_return_sequences
+    check_fits_in_memory(
+        n_rows * (idx.shape[1] + max_new_tokens) * 8,  # the int64 output
+        f"the output of {n_rows:,} sequences of {idx.shape[1]} + {max_new_tokens:,} tokens",
+        idx.device,
+        "ask for fewer new tokens (max_new_tokens) or fewer sequences",
+    )
 
 
 def _next_token(
@@ -156,7 +236,7 @@ def _next_token(
 
 
 def _decode(
-    model: GPT,
+    model: LanguageModel,
     out: torch.Tensor,
     prompt_len: int,
     temperature: float,
@@ -166,6 +246,7 @@ def _decode(
     eos_token_id: int | None,
     generator: torch.Generator | None,
     use_cache: bool,
+    logits_processors: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = (),
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Fill ``out[:, prompt_len:]`` one column at a time, yielding ``(t, tokens)`` after each.
 
@@ -176,7 +257,8 @@ def _decode(
     """
     block_size = model.config.block_size
     finished = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
-    cache = model.new_kv_cache(out.shape[0]) if use_cache else None
+    # A prompt that fills the window leaves the cache nothing to save: the window slides at once.
+    cache = model.new_kv_cache(out.shape[0]) if use_cache and prompt_len < block_size else None
     for t in range(prompt_len, out.shape[1]):
         if cache is not None and t > block_size:
             cache = None  # the window slides from here on: recompute (see above)
@@ -184,6 +266,10 @@ def _decode(
             logits = model.next_token_logits(out[:, max(0, t - block_size) : t])
         else:
             logits = model.next_token_logits(out[:, cache.length : t], kv_cache=cache)
+        if logits_processors:  # constraints see the whole sequence so far, prompt included
+            from gptlab.constraints import apply_processors
+
+            logits = apply_processors(logits_processors, out[:, :t], logits)
         token = _next_token(
             logits, out[:, :t], temperature, top_k, top_p, repetition_penalty, generator
         )
@@ -198,7 +284,7 @@ def _decode(
 
 @torch.no_grad()
 def generate(
-    model: GPT,
+    model: LanguageModel,
     idx: torch.Tensor,
     max_new_tokens: int,
     *,
@@ -210,6 +296,7 @@ def generate(
     num_return_sequences: int = 1,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    logits_processors: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = (),
 ) -> torch.Tensor:
     """Continue each prompt in ``idx`` ``(B, T)`` by up to ``max_new_tokens`` tokens.
 
@@ -218,8 +305,12 @@ def generate(
     ``temperature=0`` is greedy decoding (argmax); otherwise tokens are drawn with
     ``torch.multinomial`` from ``generator`` (pass a seeded ``torch.Generator`` to reproduce).
     A row that emits ``eos_token_id`` is finished and padded with it; generation stops early
-    once every row is finished. Runs in eval mode without gradients and restores the model's
-    training mode afterwards.
+    once every row is finished. The model sees at most the last ``block_size`` tokens; a prompt
+    longer than that is allowed, with a warning. Runs in eval mode without gradients and
+    restores the model's training mode afterwards. ``logits_processors`` (see
+    :mod:`gptlab.constraints`) are callables ``(ids (B, t), logits (B, V)) -> logits`` applied in
+    order to every step's logits before the penalty, temperature, top-k and top-p: a general
+    hook for constrained decoding (line lengths, forced punctuation, acrostics, banned tokens).
     """
     _validate(
         model,
@@ -232,6 +323,7 @@ def generate(
         eos_token_id,
         num_return_sequences,
     )
+    _warn_if_longer_than_window(model, idx, stacklevel=3)  # 3: past the no_grad wrapper
     idx = idx.repeat_interleave(num_return_sequences, dim=0)  # (B * n, T)
     B, T = idx.shape
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=idx.device)
@@ -251,6 +343,7 @@ def generate(
             eos_token_id,
             generator,
             use_cache,
+            _check_processors(logits_processors),
         ):
             end = t + 1
     finally:
@@ -259,7 +352,7 @@ def generate(
 
 
 def stream(
-    model: GPT,
+    model: LanguageModel,
     idx: torch.Tensor,
     max_new_tokens: int,
     *,
@@ -270,16 +363,17 @@ def stream(
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    logits_processors: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = (),
 ) -> Iterator[int]:
     """Yield new token ids one at a time for a single prompt (``(1, T)`` or ``(T,)``).
 
     Same arguments and, with the same seed, the same tokens as :func:`generate`; stops after
-    yielding ``eos_token_id``. Print each token as it arrives to watch the model write.
-    Arguments are checked at once, not at the first ``next()``.
+    yielding ``eos_token_id``. Arguments are checked at once, not at the first ``next()``. To
+    print text as it arrives, use :func:`stream_text`: one token may be half a character.
     """
     if isinstance(idx, torch.Tensor) and idx.dim() == 1:
         idx = idx[None]
-    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.shape[0] != 1:
+    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.shape[0] > 1:
         raise ValueError(
             f"stream takes one prompt (batch size 1), got batch size {idx.shape[0]}; "
             "use generate() for batches"
@@ -287,6 +381,7 @@ def stream(
     _validate(
         model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_token_id, 1
     )
+    _warn_if_longer_than_window(model, idx, stacklevel=2)
     T = idx.shape[1]
     out = torch.empty(1, T + max_new_tokens, dtype=torch.long, device=idx.device)
     out[:, :T] = idx
@@ -301,12 +396,15 @@ def stream(
         eos_token_id,
         generator,
         use_cache,
+        _check_processors(logits_processors),
     )
     return _stream_tokens(model, steps)
 
 
 @torch.no_grad()
-def _stream_tokens(model: GPT, steps: Iterator[tuple[int, torch.Tensor]]) -> Iterator[int]:
+def _stream_tokens(
+    model: LanguageModel, steps: Iterator[tuple[int, torch.Tensor]]
+) -> Iterator[int]:
     was_training = model.training
     model.eval()
     try:
@@ -314,3 +412,82 @@ def _stream_tokens(model: GPT, steps: Iterator[tuple[int, torch.Tensor]]) -> Ite
             yield int(token[0])
     finally:
         model.train(was_training)
+
+
+def stream_text(
+    model: LanguageModel, tokenizer: Any, idx: torch.Tensor, max_new_tokens: int, **options: Any
+) -> Iterator[str]:
+    """:func:`stream`, decoded: yield the new text piece by piece, never half a character.
+
+    ``options`` are :func:`stream`'s keyword arguments. The pieces join to
+    ``tokenizer.decode(new_ids)``; see :func:`decode_stream`.
+    """
+    return decode_stream(tokenizer, stream(model, idx, max_new_tokens, **options))
+
+
+def decode_stream(tokenizer: Any, ids: Iterable[int]) -> Iterator[str]:
+    """Decode token ids as they arrive into text pieces that never split a UTF-8 character.
+
+    A byte-level BPE token can end in the middle of a character (GPT-2 spells 你 as two tokens,
+    most emoji as two or three), and decoding it alone gives U+FFFD. Here the bytes of an
+    unfinished character are held back until the token that completes it arrives, so
+    ``"".join(decode_stream(tok, ids)) == tok.decode(ids)``: U+FFFD appears only where the whole
+    sequence is not valid UTF-8. Works with gptlab's BPETokenizer and CharTokenizer and with
+    tiktoken encodings.
+    """
+    token_bytes = _token_bytes(tokenizer)
+    return _decode_pieces(token_bytes, ids)
+
+
+def _token_bytes(tokenizer: Any) -> Callable[[int], bytes]:
+    """The function id -> the bytes of that one token, for each kind of tokenizer we support."""
+    if callable(getattr(tokenizer, "decode_single_token_bytes", None)):  # tiktoken
+        return _tiktoken_bytes(tokenizer)
+    if callable(getattr(tokenizer, "decode_bytes", None)):  # gptlab's BPETokenizer
+        return lambda i: tokenizer.decode_bytes([i])
+    if isinstance(tokenizer, CharTokenizer):  # every token is a whole character
+        return lambda i: tokenizer.decode([i]).encode("utf-8")
+    raise TypeError(
+        f"decode_stream needs a tokenizer that can give each token's bytes (a gptlab "
+        f"BPETokenizer or CharTokenizer, or a tiktoken encoding), got {type(tokenizer).__name__}"
+    )
+
+
+def _tiktoken_bytes(encoding: Any) -> Callable[[int], bytes]:
+    def token_bytes(i: int) -> bytes:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"token ids must be ints, got {i!r} ({type(i).__name__})")
+        try:
+            return encoding.decode_single_token_bytes(i)
+        except (KeyError, OverflowError, ValueError):
+            raise ValueError(
+                f"token id {i} is not in the {encoding.name} vocabulary (0..{encoding.n_vocab - 1})"
+            ) from None
+
+    return token_bytes
+
+
+def _decode_pieces(token_bytes: Callable[[int], bytes], ids: Iterable[int]) -> Iterator[str]:
+    # An incremental UTF-8 decoder keeps an unfinished character's bytes for the next call and
+    # replaces invalid bytes exactly as bytes.decode("utf-8", errors="replace") does.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for i in ids:
+        piece = decoder.decode(token_bytes(i))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)  # bytes of a character the ids never finished
+    if tail:
+        yield tail
+
+
+def _check_processors(processors: Any) -> tuple[Callable[..., torch.Tensor], ...]:
+    """``logits_processors`` must be a list (or tuple) of callables, checked before decoding."""
+    if isinstance(processors, (str, bytes)) or not isinstance(processors, Sequence):
+        raise TypeError(
+            "logits_processors must be a list of callables (ids, logits) -> logits, got "
+            f"{type(processors).__name__}; wrap a single processor in a list"
+        )
+    for k, processor in enumerate(processors):
+        if not callable(processor):
+            raise TypeError(f"logits_processors[{k}] is not callable: {processor!r}")
+    return tuple(processors)

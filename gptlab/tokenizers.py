@@ -12,6 +12,10 @@ Chapter 1 builds two of them:
 :func:`get_tokenizer` returns the real GPT-2 tokenizer as a fast ``tiktoken.Encoding``, built offline
 from the ranks shipped in ``gptlab/assets/gpt2.tiktoken``. ``BPETokenizer.gpt2()`` loads the same
 ranks into our pure-Python implementation, and the tests prove both give identical ids.
+
+Special tokens are guarded as in tiktoken: ``encode`` refuses text that contains a special
+token's string unless ``allowed_special`` names it, and ``encode_ordinary`` treats it as plain
+text. Text from users and files goes through ``encode_ordinary``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GPT2_SPLIT_PATTERN",
+    "KNOWN_PATTERNS",
     "BPETokenizer",
     "CharTokenizer",
     "TokenizerFileError",
@@ -50,6 +55,16 @@ __all__ = [
 GPT2_SPLIT_PATTERN = (
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 )
+
+#: Pre-tokenizer patterns that :meth:`BPETokenizer.load` accepts from a file without asking. A
+#: regular expression can take exponential time on some inputs (``(a|aa)+$``), so a file may
+#: not bring its own unless the reader opts in with ``trust_pattern=True``.
+KNOWN_PATTERNS: dict[str, str] = {
+    "gpt2": GPT2_SPLIT_PATTERN,
+    # SmolLM2 (Hugging Face: Digits(individual_digits=True), then GPT-2's ByteLevel regex) as
+    # one regex: every digit alone, and whitespace before a digit ends as at the end of text.
+    "smollm2": r"""\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++|\s+(?![^\s\p{N}])|\s""",
+}
 
 ENDOFTEXT = "<|endoftext|>"
 _GPT2_RANKS_FILE = "gpt2.tiktoken"
@@ -97,14 +112,25 @@ def _check_ids(ids: Any) -> list[int]:
     return out
 
 
+def _unreadable(path: str | os.PathLike[str], exc: OSError, what: str) -> TokenizerFileError:
+    """The error for a tokenizer path that cannot be read, saying what to pass instead."""
+    name = os.fspath(path)
+    if isinstance(exc, FileNotFoundError):
+        return TokenizerFileError(f"no {what} at {name!r}; check the path")
+    if isinstance(exc, IsADirectoryError):
+        return TokenizerFileError(
+            f"{name!r} is a directory, not a {what}; pass the path of the file inside it "
+            "(e.g. os.path.join(directory, 'tokenizer.json'))"
+        )
+    return TokenizerFileError(f"cannot read the {what} {name!r}: {exc.strerror or exc}")
+
+
 def _read_json(path: str | os.PathLike[str], expected_format: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except FileNotFoundError:
-        raise TokenizerFileError(
-            f"no tokenizer file at {os.fspath(path)!r}; check the path"
-        ) from None
+    except OSError as exc:
+        raise _unreadable(path, exc, "tokenizer file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TokenizerFileError(
             f"{os.fspath(path)!r} is not valid JSON ({exc}); the file is corrupted: save it again"
@@ -177,6 +203,11 @@ class CharTokenizer:
                 f"character {exc.args[0]!r} is not in the vocabulary of this CharTokenizer; "
                 "refit it with CharTokenizer.from_text on text that contains it"
             ) from None
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Same as :meth:`encode` (a CharTokenizer has no special tokens), so that every gptlab
+        tokenizer, like tiktoken, can encode user text with ``encode_ordinary``."""
+        return self.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Map ids back to characters and join them."""
@@ -274,6 +305,31 @@ def _merge_word(word: tuple[int, ...], a: int, b: int, new: int) -> tuple[int, .
     return tuple(out)
 
 
+def _compile_pattern(pattern: Any) -> regex.Pattern[str]:
+    """Compile a pre-tokenizer pattern, turning ``regex.error`` into a ValueError that says so."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a regex string, got {type(pattern).__name__}")
+    try:
+        return regex.compile(pattern)
+    except regex.error as exc:
+        raise ValueError(
+            f"pattern {pattern!r} is not a valid regular expression ({exc}); fix it or use the "
+            "default, gptlab.tokenizers.GPT2_SPLIT_PATTERN"
+        ) from None
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 bytes of ``text``, with surrogates fixed up the way tiktoken does.
+
+    Surrogates are not characters and have no UTF-8 form, yet a Python str can hold them: a
+    surrogate pair becomes the character it stands for, a lone surrogate becomes U+FFFD.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
 def _check_special_tokens(special_tokens: Any) -> tuple[str, ...]:
     if isinstance(special_tokens, str):
         raise TypeError(
@@ -318,7 +374,7 @@ class BPETokenizer:
             self.vocab[i] = s.encode("utf-8")
         self._id_to_bytes = [self.vocab[i] for i in range(len(self.vocab))]
         self._ranks = {t: i for i, t in vocab.items()}  # ordinary tokens only: bytes -> id
-        self._pat = regex.compile(pattern)
+        self._pat = _compile_pattern(pattern)
         self._special_res: dict[frozenset[str], re.Pattern[str]] = {}
         self._encode_chunk = functools.lru_cache(maxsize=_CHUNK_CACHE_SIZE)(self._bpe_chunk)
 
@@ -371,12 +427,7 @@ class BPETokenizer:
                     f"merge {merge!r} does not build token {tok_id} ({token!r}) from two "
                     "earlier tokens; merges must follow the order of the token ids"
                 )
-        if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a regex string, got {type(pattern).__name__}")
-        try:
-            regex.compile(pattern)
-        except regex.error as exc:
-            raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+        _compile_pattern(pattern)
 
     # ---- construction ------------------------------------------------------------------
 
@@ -410,14 +461,14 @@ class BPETokenizer:
                 f"(256 byte tokens + {len(specials)} special tokens); pass a larger vocab_size"
             )
         n_ordinary = vocab_size - len(specials)
-        pat = regex.compile(pattern)
+        pat = _compile_pattern(pattern)
 
         # Count each distinct pre-token once, with its frequency.
         word_freq: Counter[str] = Counter()
         segments = _split_on(text, specials) if specials else [text]
         for segment in segments:
             word_freq.update(pat.findall(segment))
-        words = [tuple(w.encode("utf-8")) for w in word_freq]
+        words = [tuple(_utf8(w)) for w in word_freq]
         freqs = list(word_freq.values())
 
         vocab: list[bytes] = [bytes([b]) for b in range(256)]
@@ -506,10 +557,8 @@ class BPETokenizer:
         """
         try:
             data = pathlib.Path(path).read_bytes()
-        except FileNotFoundError:
-            raise TokenizerFileError(
-                f"no ranks file at {os.fspath(path)!r}; check the path"
-            ) from None
+        except OSError as exc:
+            raise _unreadable(path, exc, "ranks file") from None
         return cls._from_ranks(_parse_tiktoken(data, os.fspath(path)), special_tokens, pattern)
 
     @classmethod
@@ -536,30 +585,59 @@ class BPETokenizer:
         return len(self._id_to_bytes)
 
     def _bpe_chunk(self, chunk: str) -> tuple[int, ...]:
-        piece = chunk.encode("utf-8")
+        piece = _utf8(chunk)
         token = self._ranks.get(piece)
         if token is not None:  # whole pre-token is one token (tiktoken takes this shortcut too)
             return (token,)
         return tuple(self._ranks[p] for p in _bpe_split(piece, self._ranks))
 
-    def _allowed(self, allowed_special: Any) -> frozenset[str]:
-        if isinstance(allowed_special, str):
-            if allowed_special == "all":
-                return frozenset(self.special_tokens)
-            if allowed_special == "none":
-                return frozenset()
+    def _known_specials(self, names: Iterable[str], argument: str) -> frozenset[str]:
+        if isinstance(names, str):
             raise ValueError(
-                f"allowed_special must be 'all', 'none' or a set of special tokens, got "
-                f"{allowed_special!r}"
+                f"{argument} must be 'all' or a set of special tokens, got {names!r}; "
+                f"for one token write {argument}={{{names!r}}}"
             )
-        allowed = frozenset(allowed_special)
-        unknown = sorted(allowed - set(self.special_tokens))
+        try:
+            chosen = frozenset(names)
+        except TypeError:
+            raise TypeError(
+                f"{argument} must be 'all' or a set of special tokens, got {names!r}"
+            ) from None
+        unknown = sorted(chosen - set(self.special_tokens))
         if unknown:
             raise ValueError(
                 f"{unknown!r} are not special tokens of this tokenizer; known: "
                 f"{sorted(self.special_tokens)!r}"
             )
-        return allowed
+        return chosen
+
+    def _special_sets(
+        self, allowed_special: Any, disallowed_special: Any
+    ) -> tuple[frozenset[str], frozenset[str]]:
+        """(specials encoded as control tokens, specials whose text is an error), as tiktoken."""
+        everything = frozenset(self.special_tokens)
+        if allowed_special == "all":
+            allowed = everything
+        elif allowed_special == "none":
+            allowed = frozenset()
+            if disallowed_special == "all":  # "none" is gptlab's shorthand for plain text
+                disallowed_special = ()
+        elif isinstance(allowed_special, str):
+            raise ValueError(
+                f"allowed_special must be 'all', 'none' or a set of special tokens, got "
+                f"{allowed_special!r}"
+            )
+        else:
+            allowed = self._known_specials(allowed_special, "allowed_special")
+        if disallowed_special == "all":
+            return allowed, everything - allowed
+        disallowed = self._known_specials(disallowed_special, "disallowed_special")
+        if allowed & disallowed:
+            raise ValueError(
+                f"{sorted(allowed & disallowed)!r} are both allowed and disallowed; "
+                "name each special token in at most one of the two"
+            )
+        return allowed, disallowed
 
     def _special_re(self, allowed: frozenset[str]) -> re.Pattern[str]:
         pat = self._special_res.get(allowed)
@@ -570,52 +648,111 @@ class BPETokenizer:
             self._special_res[allowed] = pat
         return pat
 
-    def _encode_ordinary(self, text: str, out: list[int]) -> None:
+    def _refuse_disallowed(self, text: str, disallowed: frozenset[str]) -> None:
+        match = self._special_re(disallowed).search(text)
+        if match is not None:
+            token = match.group()
+            raise ValueError(
+                f"the text contains {token!r}, the text of a special token. To encode it as the "
+                f"control token pass allowed_special={{{token!r}}} (or 'all'); to encode it as "
+                "plain text use encode_ordinary(text) (or disallowed_special=())"
+            )
+
+    def _extend_ordinary(self, text: str, out: list[int]) -> None:
         encode_chunk = self._encode_chunk
         for chunk in self._pat.findall(text):
             out.extend(encode_chunk(chunk))
 
-    def encode(self, text: str, allowed_special: str | Iterable[str] = "all") -> list[int]:
-        """Text -> token ids.
-
-        ``allowed_special``: ``"all"`` (default) turns every special token's text into its id,
-        ``"none"`` encodes it as ordinary text, a set allows just those special tokens.
-        """
-        _check_text(text)
-        allowed = self._allowed(allowed_special)
+    def _encode_with(self, text: str, allowed: frozenset[str]) -> list[int]:
+        """Encode ``text``, turning the special tokens in ``allowed`` into their ids."""
         out: list[int] = []
         if not allowed:
-            self._encode_ordinary(text, out)
+            self._extend_ordinary(text, out)
             return out
         start = 0
         for m in self._special_re(allowed).finditer(text):
-            self._encode_ordinary(text[start : m.start()], out)
+            self._extend_ordinary(text[start : m.start()], out)
             out.append(self.special_tokens[m.group()])
             start = m.end()
-        self._encode_ordinary(text[start:], out)
+        self._extend_ordinary(text[start:], out)
         return out
 
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text -> token ids, with every special token's text encoded as plain text.
+
+        Use it for text from users and files: a literal ``<|endoftext|>`` in it stays seven
+        ordinary tokens and cannot end a document or a chat turn early.
+        """
+        _check_text(text)
+        out: list[int] = []
+        self._extend_ordinary(text, out)
+        return out
+
+    def encode(
+        self,
+        text: str,
+        allowed_special: str | Iterable[str] = (),
+        *,
+        disallowed_special: str | Iterable[str] = "all",
+    ) -> list[int]:
+        """Text -> token ids, guarding special tokens as tiktoken does.
+
+        A special token's text becomes its id only if ``allowed_special`` names it (a set of
+        tokens, or ``"all"``). Text that contains a special token in ``disallowed_special``
+        (``"all"``: every one not allowed) raises ValueError, so a prompt or a file cannot slip a
+        control token in by accident; ``disallowed_special=()`` encodes it as plain text instead,
+        as does :meth:`encode_ordinary`. ``allowed_special="none"`` is gptlab's shorthand for
+        plain text too. Surrogates are fixed up like tiktoken: a lone one encodes as U+FFFD.
+        """
+        _check_text(text)
+        allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
+        if disallowed:
+            self._refuse_disallowed(text, disallowed)
+        return self._encode_with(text, allowed)
+
     def encode_iterable(
-        self, iterable: Iterable[str], allowed_special: str | Iterable[str] = "all"
+        self,
+        iterable: Iterable[str],
+        allowed_special: str | Iterable[str] = (),
+        *,
+        disallowed_special: str | Iterable[str] = "all",
     ) -> Iterator[int]:
         """Encode a stream of strings (e.g. an open file) lazily, in constant memory.
 
-        The result equals ``encode("".join(iterable))``. Text is held back only where appending
-        more could still change the tokens: the last two pre-tokens (a contraction such as
-        ``'ll`` spans three characters, whitespace looks one character ahead) and any tail that
-        could be the start of a special token.
+        The result equals ``encode("".join(iterable), ...)`` with the same special-token
+        arguments, which are checked at once. A disallowed special token's text raises
+        ValueError when the stream reaches it, after the ids before it have been yielded.
         """
         if isinstance(iterable, (str, bytes)):
             raise TypeError(
                 "encode_iterable expects an iterable of strings (e.g. an open file or a list of "
                 "lines); for one string use encode(text)"
             )
-        allowed = self._allowed(allowed_special)
+        allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
+        return self._encode_pieces(iter(iterable), allowed, disallowed)
+
+    def _encode_pieces(
+        self, pieces: Iterator[str], allowed: frozenset[str], disallowed: frozenset[str]
+    ) -> Iterator[int]:
+        """The lazy part of :meth:`encode_iterable`.
+
+        Text is held back only where appending more could still change the tokens: the last two
+        pre-tokens (a contraction such as ``'ll`` spans three characters, whitespace looks one
+        character ahead) and any tail that could be the start of a special token. Disallowed
+        specials are searched in each piece plus the tail of the text before it that a special
+        token could start in.
+        """
         special_re = self._special_re(allowed) if allowed else None
         longest = max((len(s) for s in allowed), default=1)
+        overlap = max((len(s) for s in disallowed), default=1) - 1
+        seen_tail = ""
         buffer = ""
-        for piece in iterable:
+        for piece in pieces:
             _check_text(piece, "each item of the iterable")
+            if disallowed:
+                window = seen_tail + piece
+                self._refuse_disallowed(window, disallowed)
+                seen_tail = window[max(0, len(window) - overlap) :] if overlap else ""
             buffer += piece
             out: list[int] = []
             # A special token that starts before `safe` lies wholly inside the buffer.
@@ -625,7 +762,7 @@ class BPETokenizer:
                     m = special_re.search(buffer)
                     if m is None or m.start() >= safe:
                         break
-                    self._encode_ordinary(buffer[: m.start()], out)
+                    self._extend_ordinary(buffer[: m.start()], out)
                     out.append(self.special_tokens[m.group()])
                     buffer = buffer[m.end() :]
                     safe = len(buffer) - longest + 1
@@ -638,7 +775,7 @@ class BPETokenizer:
                         out.extend(self._encode_chunk(m.group()))
                     buffer = buffer[matches[-2].start() :]
             yield from out
-        yield from self.encode(buffer, allowed_special=allowed)
+        yield from self._encode_with(buffer, allowed)
 
     # ---- decoding ----------------------------------------------------------------------
 
@@ -676,8 +813,15 @@ class BPETokenizer:
         _write_json(path, data)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> BPETokenizer:
-        """Read a tokenizer written by :meth:`save`, checking that it is complete and consistent."""
+    def load(cls, path: str | os.PathLike[str], *, trust_pattern: bool = False) -> BPETokenizer:
+        """Read a tokenizer written by :meth:`save`, checking that it is complete and consistent.
+
+        The file's pre-tokenizer pattern must be one of :data:`KNOWN_PATTERNS`: a regular
+        expression from a file can take exponential time on some texts. Pass
+        ``trust_pattern=True`` to accept another one from a file you trust.
+        """
+        if not isinstance(trust_pattern, bool):
+            raise TypeError(f"trust_pattern must be True or False, got {trust_pattern!r}")
         data = _read_json(path, _BPE_FORMAT)
         name = os.fspath(path)
         try:
@@ -687,6 +831,13 @@ class BPETokenizer:
             raise TokenizerFileError(
                 f"{name!r} lacks the field {exc.args[0]!r}; the file is corrupted"
             ) from None
+        if not trust_pattern and pattern not in KNOWN_PATTERNS.values():
+            raise TokenizerFileError(
+                f"{name!r} uses the pre-tokenizer pattern {str(pattern)[:80]!r}, which is not one "
+                f"of gptlab's known patterns ({', '.join(KNOWN_PATTERNS)}). A regular expression "
+                "can take exponential time on some texts; if you trust this file, load it with "
+                "BPETokenizer.load(path, trust_pattern=True)"
+            )
         try:
             if not isinstance(vocab_list, list) or not isinstance(merges_list, list):
                 raise ValueError("'vocab' and 'merges' must be lists")

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from gptlab.model import GPT, PRESETS, GPTConfig
+import gptlab.model as model_module
+from gptlab.model import GPT, PRESETS, GPTConfig, memory_limit_bytes
 
 TINY = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -37,6 +38,12 @@ def tiny_model(seed: int = 0, **overrides) -> GPT:
         (dict(activation="relu"), ValueError, "activation must be one of.*gelu_tanh"),
         (dict(bias="yes"), TypeError, "bias must be True or False"),
         (dict(layer_norm_eps=0.0), ValueError, "layer_norm_eps must be > 0"),
+        # non-finite floats used to be accepted
+        (dict(layer_norm_eps=float("inf")), ValueError, "layer_norm_eps must be > 0 and finite"),
+        (dict(layer_norm_eps=float("nan")), ValueError, "layer_norm_eps must be > 0 and finite"),
+        (dict(layer_norm_eps=-float("inf")), ValueError, "layer_norm_eps must be > 0 and finite"),
+        (dict(layer_norm_eps="1e-5"), TypeError, "layer_norm_eps must be a float"),
+        (dict(dropout=float("nan")), ValueError, r"dropout must be in \[0, 1\)"),
     ],
 )
 def test_config_validation_messages(kwargs, error, match):
@@ -177,6 +184,64 @@ def test_input_errors_are_explained():
         model(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="GPTConfig"):
         GPT({"n_layer": 2})
+
+
+def test_more_input_errors_are_explained_not_raw_torch_errors():
+    """Each of these raised a raw RuntimeError or IndexError from inside torch before."""
+    model = tiny_model()
+    idx = torch.tensor([[1, 2, 3]])
+    with pytest.raises(TypeError, match=r"torch.long \(or torch.int32\), got torch.uint8"):
+        model(idx.to(torch.uint8))
+    with pytest.raises(ValueError, match="no sequences"):
+        model(torch.zeros(0, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"target 97 is outside \[0, 97\).*ignore_index \(-100\)"):
+        model(idx, torch.tensor([[1, 97, 2]]))
+    with pytest.raises(ValueError, match="target -5 is outside"):
+        model(idx, torch.tensor([[1, -5, 2]]))
+    with pytest.raises(ValueError, match="target -100 is outside.*ignore_index \\(-1\\)"):
+        model(idx, torch.tensor([[1, -100, 2]]), ignore_index=-1)
+    with pytest.raises(TypeError, match="targets must hold integer token ids"):
+        model(idx, torch.zeros(1, 3))
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        model(idx, idx, ignore_index=None)
+    _, loss = model(idx, torch.tensor([[1, -100, 2]]))  # ignore_index is still honoured
+    _, loss32 = model(idx.int(), torch.tensor([[1, -100, 2]], dtype=torch.int32))
+    torch.testing.assert_close(loss32, loss)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("preset", ["nano", "gpt2"])
+def test_parameter_count_from_the_config_alone(preset, bias):
+    config = GPTConfig.preset(preset, bias=bias)
+    with torch.device("meta"):  # no memory: only the count matters
+        model = GPT(config)
+    assert model_module._parameter_count(config) == model.num_parameters()
+
+
+def test_a_model_too_big_for_memory_is_refused_before_allocating(monkeypatch):
+    """GPT(GPTConfig(n_layer=10**6)) used to allocate gigabytes before failing."""
+    message = (
+        r"has 7,087,\d{3},\d{3},\d{3} parameters, which in torch.float32 would need 2.84e\+04 GB"
+    )
+    with pytest.raises(ValueError, match=message + ".*use a smaller n_layer.*GPTLAB_MAX_BYTES"):
+        GPT(GPTConfig(n_layer=10**6))
+    monkeypatch.setenv("GPTLAB_MAX_BYTES", "1000")
+    with pytest.raises(ValueError, match="more than the 1,000 bytes of cpu memory"):
+        tiny_model()
+    monkeypatch.setenv("GPTLAB_MAX_BYTES", "lots")
+    with pytest.raises(ValueError, match="GPTLAB_MAX_BYTES='lots' must be a positive whole number"):
+        tiny_model()
+    monkeypatch.delenv("GPTLAB_MAX_BYTES")
+    huge = GPTConfig(n_layer=1, n_head=1, n_embd=2**16)  # 51e9 parameters: 206 GB
+    with torch.device("meta"):  # meta tensors take no memory, so there is no limit
+        assert memory_limit_bytes() is None
+        assert GPT(huge).num_parameters() == model_module._parameter_count(huge)
+
+
+def test_a_kv_cache_too_big_for_memory_is_refused():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="KV cache for 10,000,000 sequences of 16 positions"):
+        model.new_kv_cache(10**7)
 
 
 def test_dropout_is_active_only_in_training_mode():

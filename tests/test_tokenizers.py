@@ -158,7 +158,7 @@ def test_gpt2_known_ids(gpt2, enc):
     assert gpt2.encode(HELLO) == HELLO_IDS
     assert enc.n_vocab == gpt2.vocab_size == 50257
     assert gpt2.special_tokens == {EOT: 50256}
-    assert gpt2.encode(EOT) == [50256]
+    assert gpt2.encode(EOT, allowed_special={EOT}) == [50256]
     assert gpt2.vocab[50256] == EOT.encode()
     assert gpt2.vocab[262] == b" the"
     assert gpt2.merges[0] == (b" ", b"t")  # GPT-2's first merge
@@ -265,40 +265,79 @@ def _b64(token: bytes) -> str:
 
 def test_special_tokens_never_split(gpt2, enc):
     a, b = gpt2.encode("a"), gpt2.encode("b")
-    assert gpt2.encode(f"a{EOT}b") == a + [50256] + b
-    assert gpt2.encode(EOT * 3) == [50256] * 3
-    assert gpt2.encode(f" {EOT} ") == [220, 50256, 220]
+    assert gpt2.encode(f"a{EOT}b", allowed_special="all") == a + [50256] + b
+    assert gpt2.encode(EOT * 3, allowed_special="all") == [50256] * 3
+    assert gpt2.encode(f" {EOT} ", allowed_special="all") == [220, 50256, 220]
     # a special token inside look-alike text, and broken look-alikes that stay plain text
     tricky = f"<|<|endoftext|>|> <|endoftext| <|endoftext|>>{EOT}"
-    assert gpt2.encode(tricky) == enc.encode(tricky, allowed_special="all")
-    assert gpt2.encode(tricky).count(50256) == 3
+    assert gpt2.encode(tricky, allowed_special="all") == enc.encode(tricky, allowed_special="all")
+    assert gpt2.encode(tricky, allowed_special="all").count(50256) == 3
     # "none": the same characters are ordinary text (several tokens, no 50256)
     plain = gpt2.encode(f"a{EOT}b", allowed_special="none")
     assert 50256 not in plain
     assert plain == enc.encode_ordinary(f"a{EOT}b")
     assert gpt2.decode(plain) == f"a{EOT}b"
     assert gpt2.encode(f"a{EOT}b", allowed_special={EOT}) == a + [50256] + b
-    assert gpt2.encode(f"a{EOT}b", allowed_special=set()) == plain
     with pytest.raises(ValueError, match=r"\['<\|pad\|>'\] are not special tokens"):
         gpt2.encode("x", allowed_special={"<|pad|>"})
     with pytest.raises(ValueError, match="allowed_special must be 'all', 'none'"):
         gpt2.encode("x", allowed_special="some")
 
 
+def test_special_token_text_is_refused_by_default_like_tiktoken(gpt2, enc):
+    """Fails on the old default allowed_special="all", which turned a literal <|endoftext|> in a
+    prompt or a training file into the control token."""
+    text = f"a{EOT}b"
+    for tok in (gpt2, enc):
+        with pytest.raises(ValueError):
+            tok.encode(text)
+        with pytest.raises(ValueError):
+            tok.encode(text, allowed_special=set())
+    message = r"contains '<\|endoftext\|>'.*allowed_special=\{'<\|endoftext\|>'\}.*encode_ordinary"
+    with pytest.raises(ValueError, match=message):
+        gpt2.encode(text)
+    plain = enc.encode_ordinary(text)
+    assert gpt2.encode_ordinary(text) == plain
+    assert (
+        gpt2.encode(text, disallowed_special=()) == enc.encode(text, disallowed_special=()) == plain
+    )
+    assert gpt2.encode("no specials here") == enc.encode("no specials here")
+    with pytest.raises(ValueError, match="both allowed and disallowed"):
+        gpt2.encode("x", allowed_special={EOT}, disallowed_special={EOT})
+    with pytest.raises(ValueError, match="disallowed_special must be 'all' or a set"):
+        gpt2.encode("x", disallowed_special=EOT)
+    with pytest.raises(TypeError, match="text must be a str"):
+        gpt2.encode_ordinary(b"x")
+
+
+def test_disallowing_some_specials_leaves_the_others_plain():
+    tok = train_quietly("hello there", 262, special_tokens=("<|a|>", "<|b|>"))
+    a = tok.special_tokens["<|a|>"]
+    # <|b|> is neither allowed nor disallowed: plain text, as tiktoken does
+    ids = tok.encode("<|a|><|b|>", allowed_special={"<|a|>"}, disallowed_special=())
+    assert ids == [a, *tok.encode_ordinary("<|b|>")]
+    with pytest.raises(ValueError, match=r"contains '<\|b\|>'"):
+        tok.encode("<|a|><|b|>", allowed_special={"<|a|>"})
+    with pytest.raises(ValueError, match=r"contains '<\|a\|>'"):
+        tok.encode("<|a|><|b|>", disallowed_special={"<|a|>"})
+
+
 def test_overlapping_special_tokens_longest_wins():
     tok = train_quietly("hello there, hello world", 270, special_tokens=("<|end|>", "<|end|>!"))
     end, end_bang = tok.special_tokens["<|end|>"], tok.special_tokens["<|end|>!"]
     assert (end, end_bang) == (tok.vocab_size - 2, tok.vocab_size - 1)
-    assert tok.encode("<|end|>!<|end|><|end|>!!") == [end_bang, end, end_bang, *tok.encode("!")]
+    ids = tok.encode("<|end|>!<|end|><|end|>!!", allowed_special="all")
+    assert ids == [end_bang, end, end_bang, *tok.encode("!")]
     # only the shorter one allowed: the "!" becomes ordinary text
-    assert tok.encode("<|end|>!", allowed_special={"<|end|>"}) == [end, *tok.encode("!")]
+    ids = tok.encode("<|end|>!", allowed_special={"<|end|>"}, disallowed_special=())
+    assert ids == [end, *tok.encode("!")]
 
 
 def test_training_never_merges_across_or_into_special_tokens():
     text = ("ab" + EOT) * 50 + "ab"
     tok = BPETokenizer.train(text, 256 + 1 + 1)  # room for one merge
     assert tok.merges == [(b"a", b"b")]  # 'b<' / '|>a' never count: the text is split on EOT
-    assert tok.encode(text).count(tok.special_tokens[EOT]) == 50
+    assert tok.encode(text, allowed_special="all").count(tok.special_tokens[EOT]) == 50
     tok = train_quietly(text, 300)
     assert all(b"<" not in t and b">" not in t for t in tok.merges for t in t)
 
@@ -406,6 +445,12 @@ def test_train_verbose_reports_progress(capsys):
     assert "merge 4/4: b'p' + b'ug' -> id 259 (seen 1 times)" in capsys.readouterr().out
 
 
+def test_train_with_a_bad_pattern_says_so():
+    """Raised a raw regex.error before."""
+    with pytest.raises(ValueError, match=r"pattern '\(' is not a valid regular expression"):
+        BPETokenizer.train("abc", 300, pattern="(")
+
+
 # --------------------------------------------------------------------------------------------
 # Encoding and decoding
 # --------------------------------------------------------------------------------------------
@@ -439,6 +484,17 @@ def test_decode_and_encode_errors(small, gpt2):
     assert gpt2.decode([]) == "" and gpt2.encode("") == []
 
 
+@pytest.mark.parametrize("text", ["\ud800", "a\udfffb", " \ud83d\ude00!", "x \ud800\ud800 y"])
+def test_surrogates_encode_like_tiktoken(gpt2, enc, text):
+    """Raised a raw UnicodeEncodeError before: a lone surrogate now becomes U+FFFD and a
+    surrogate pair its character, exactly as tiktoken fixes them up."""
+    fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    assert gpt2.encode(text) == enc.encode(text) == gpt2.encode(fixed)
+    assert list(gpt2.encode_iterable(list(text))) == enc.encode(text)  # one code unit at a time
+    tok = train_quietly(text * 3, 260, special_tokens=())  # training no longer crashes either
+    assert tok.decode(tok.encode(text)) == fixed
+
+
 # --------------------------------------------------------------------------------------------
 # Streaming
 # --------------------------------------------------------------------------------------------
@@ -457,18 +513,36 @@ def test_encode_iterable_equals_encode(gpt2, small):
     rng = random.Random(8)
     pieces_with_specials = _PIECES + [EOT, "<|pad|>", "<|endof", "text|>", "<|", "|>"]
     texts = VARIED + random_texts(200, seed=9, pieces=pieces_with_specials)
+    modes = [dict(allowed_special="all"), dict(allowed_special="none"), dict()]
+    modes.append(dict(allowed_special={EOT}, disallowed_special=()))
     for tok in (gpt2, small):
         for text in texts:
-            expected = tok.encode(text)
-            assert list(tok.encode_iterable(_pieces(text, rng))) == expected, repr(text)
-            assert list(tok.encode_iterable([text])) == expected
-            none = tok.encode(text, allowed_special="none")
-            assert list(tok.encode_iterable(_pieces(text, rng), allowed_special="none")) == none
+            for kw in modes:
+                try:
+                    expected = tok.encode(text, **kw)
+                except ValueError:  # a disallowed special: the stream must refuse it too
+                    with pytest.raises(ValueError, match="the text of a special token"):
+                        list(tok.encode_iterable(_pieces(text, rng), **kw))
+                    continue
+                assert list(tok.encode_iterable(_pieces(text, rng), **kw)) == expected, repr(text)
+                assert list(tok.encode_iterable([text], **kw)) == expected
+
+
+def test_encode_iterable_finds_a_disallowed_special_split_across_pieces(gpt2):
+    """The check must look across piece boundaries, and arguments are checked at the call."""
+    with pytest.raises(ValueError, match="the text of a special token"):
+        list(gpt2.encode_iterable(["a <|endo", "ftext|", "> b"]))
+    with pytest.raises(ValueError, match="allowed_special must be"):
+        gpt2.encode_iterable(["x"], allowed_special="some")  # no next() needed
+    assert list(gpt2.encode_iterable(["a <|endo", "ftext|> b"], disallowed_special=())) == (
+        gpt2.encode_ordinary(f"a {EOT} b")
+    )
 
 
 def test_encode_iterable_reads_a_file_lazily(gpt2):
     text = "".join(VARIED) + f"{EOT}\nIt's a file.\n" * 50
-    assert list(gpt2.encode_iterable(io.StringIO(text))) == gpt2.encode(text)
+    expected = gpt2.encode(text, allowed_special="all")
+    assert list(gpt2.encode_iterable(io.StringIO(text), allowed_special="all")) == expected
 
     def lines():  # a generator: nothing is read before it is needed
         yield "first line\n"
@@ -547,3 +621,30 @@ def test_load_rejects_corrupted_files(tmp_path, small):
         BPETokenizer.load(path)
     with pytest.raises(TokenizerFileError, match="no tokenizer file"):
         BPETokenizer.load(tmp_path / "missing.json")
+
+
+def test_load_refuses_an_unknown_pattern_unless_trusted(tmp_path, small):
+    """A file could carry a catastrophic regex ((a|aa)+$ took 38 s on one encode); it used to be
+    compiled and run without a word."""
+    assert tokmod.KNOWN_PATTERNS["gpt2"] == GPT2_SPLIT_PATTERN
+    path = tmp_path / "tok.json"
+    small.save(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["pattern"] = "(a|aa)+$"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(
+        TokenizerFileError, match=r"not one of gptlab's known patterns.*trust_pattern=True"
+    ):
+        BPETokenizer.load(path)
+    trusted = BPETokenizer.load(path, trust_pattern=True)
+    assert trusted.pattern == "(a|aa)+$"
+    assert BPETokenizer.load(tmp_path / "tok.json", trust_pattern=True).vocab == small.vocab
+    with pytest.raises(TypeError, match="trust_pattern must be True or False"):
+        BPETokenizer.load(path, trust_pattern="yes")
+
+
+def test_loading_a_directory_says_which_file_to_pass(tmp_path):
+    """Raised a raw IsADirectoryError before."""
+    for load in (BPETokenizer.load, CharTokenizer.load, BPETokenizer.from_tiktoken_file):
+        with pytest.raises(TokenizerFileError, match="is a directory.*pass the path of the file"):
+            load(tmp_path)

@@ -106,7 +106,9 @@ def sample_completions(
     check_tokenizer(tokenizer)
     check_int(n, "n")
     check_int(max_new_tokens, "max_new_tokens")
-    ids = list(tokenizer.encode(prompt))[-model.config.block_size :]
+    ids = list(getattr(tokenizer, "encode_ordinary", tokenizer.encode)(prompt))[
+        -model.config.block_size :
+    ]
     if not ids:
         raise ValueError("the prompt encodes to no tokens")
     device = model_device(model)

@@ -194,7 +194,7 @@ def text_likelihood(
         check_int(bos_id, "bos_id", 0)
     sequences, sizes = [], []
     for text in texts:
-        ids = list(tokenizer.encode(text))
+        ids = list(getattr(tokenizer, "encode_ordinary", tokenizer.encode)(text))
         n_bytes = len(text.encode("utf-8"))
         if bos_id is None:
             n_bytes -= token_bytes(tokenizer, ids[:1])

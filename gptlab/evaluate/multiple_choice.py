@@ -144,13 +144,14 @@ def score_options(
     items = _check_items(items)
     check_int(batch_size, "batch_size")
     block = model.config.block_size
+    encode = getattr(tokenizer, "encode_ordinary", tokenizer.encode)  # typed text stays text
     rows = []  # (item, option, ids, number of option tokens, option bytes)
     for i, item in enumerate(items):
-        context = list(tokenizer.encode(item.context))
+        context = list(encode(item.context))
         if not context:
             raise ValueError(f"item {item.id or i!r}: the context encodes to no tokens")
         for j, option in enumerate(item.options):
-            option_ids = list(tokenizer.encode(option))
+            option_ids = list(encode(option))
             if not 1 <= len(option_ids) <= block:
                 raise ValueError(
                     f"item {item.id or i!r} option {j} is {len(option_ids)} tokens; it must be "

@@ -88,7 +88,8 @@ def check_word_probability(answer: Any) -> str | None:
     model = _tiny_gpt(tok.vocab_size, seed=101)
     cases = [("the king said", " nurse"), ("queen:", " duchess"), ("the", " the"), ("said", "k")]
     for prompt, word in cases:
-        p_ids, w_ids = tok.encode(prompt), tok.encode(word)
+        encode = getattr(tok, "encode_ordinary", tok.encode)  # typed text stays text
+        p_ids, w_ids = encode(prompt), encode(word)
         x = torch.tensor([p_ids + w_ids])
         with torch.no_grad():
             logits = model(x)[0][0]  # (T, V)
