@@ -265,10 +265,15 @@ def _sample_fn(run: RunConfig, tokenizer: Any) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     run = load_run_config(args.config)
-    from gptlab.train import META_FILE, train
+    from gptlab.checkpoint import find_checkpoint, prepare_checkpoint_dir
+    from gptlab.train import train
 
+    if args.allow_config_change and not args.resume:
+        raise ConfigError("--allow-config-change only applies to --resume; add --resume or drop it")
     out = pathlib.Path(run.out_dir)
-    has_checkpoint = (out / META_FILE).is_file()
+    if int(os.environ.get("RANK", "0")) == 0:  # one process checks (and recovers) the folder
+        prepare_checkpoint_dir(out)  # refuses a file or a folder of other files, before any work
+    has_checkpoint = find_checkpoint(out) is not None  # also one a crashed save left at .NAME.old
     if args.resume and not has_checkpoint:
         raise ConfigError(
             f"--resume given but {str(out)!r} holds no checkpoint; drop --resume to start fresh"
@@ -285,6 +290,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         built.val_ids,
         built.train_config,
         resume_from=out if args.resume else None,
+        allow_config_change=args.allow_config_change,
         sample_fn=_sample_fn(run, built.tokenizer) if built.train_config.sample_interval else None,
         tokenizer=built.tokenizer,
     )
@@ -313,7 +319,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from gptlab.sampling import generate, stream
+    from gptlab.sampling import decode_stream, generate, stream
     from gptlab.train import load_model, load_tokenizer
     from gptlab.utils import get_device
 
@@ -325,7 +331,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     prompt = _encode(tokenizer, args.prompt)
     if not prompt:
         raise ConfigError("the prompt encodes to no tokens; pass a non-empty --prompt")
-    prompt = prompt[-model.config.block_size :]
+    window = model.config.block_size
+    if len(prompt) > window:  # the model cannot see further back than its window
+        print(
+            f"gptlab generate: note: the prompt is {len(prompt):,} tokens, longer than the "
+            f"model's window; it was cropped to its last {window:,} tokens",
+            file=sys.stderr,
+        )
+        prompt = prompt[-window:]
     idx = torch.tensor([prompt], dtype=torch.long, device=device)
     generator = torch.Generator(device=device)
     generator.manual_seed(args.seed if args.seed is not None else torch.seed())
@@ -337,17 +350,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         generator=generator,
     )
     if args.stream:
-        ids = list(prompt)
-        shown = tokenizer.decode(ids)
-        sys.stdout.write(shown)
-        for token in stream(model, idx, args.max_new_tokens, **options):
-            ids.append(token)
-            text = tokenizer.decode(ids)
-            if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
-                sys.stdout.write(text[len(shown) :])
-                sys.stdout.flush()
-                shown = text
-        sys.stdout.write(tokenizer.decode(ids)[len(shown) :] + "\n")
+        sys.stdout.write(tokenizer.decode(prompt))  # encoded text: ends on a whole character
+        # Byte-safe: a character split across tokens is printed once its last byte arrives.
+        tokens = stream(model, idx, args.max_new_tokens, **options)
+        for piece in decode_stream(tokenizer, tokens):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
         return 0
     out = generate(
         model, idx, args.max_new_tokens, num_return_sequences=args.num_return_sequences, **options
@@ -364,18 +373,32 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; larger seeds overflow
+MAX_NEW_TOKENS = 100_000  # a sanity bound: far beyond any window, and hours of sampling on a CPU
+
+
+def _int_in(text: str, low: int, high: int | None) -> int:
+    """Parse an integer argument in ``low..high`` (``high=None``: no upper bound)."""
+    wanted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+    return _int_in(text, 1, None)
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+def _seed(text: str) -> int:
+    return _int_in(text, 0, SEED_MAX)
+
+
+def _max_new_tokens(text: str) -> int:
+    return _int_in(text, 1, MAX_NEW_TOKENS)
 
 
 def _non_negative_float(text: str) -> float:
@@ -421,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start from scratch even if out_dir already holds a checkpoint",
     )
+    train.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue although [train] differs from the checkpoint's (the "
+        "differences are listed); without it such a resume is refused",
+    )
     train.set_defaults(func=_cmd_train)
 
     gen = commands.add_parser(
@@ -435,7 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     gen.add_argument(
-        "--max-new-tokens", type=_non_negative_int, default=200, metavar="N", help="tokens to add"
+        "--max-new-tokens",
+        type=_max_new_tokens,
+        default=200,
+        metavar="N",
+        help=f"tokens to add (1 to {MAX_NEW_TOKENS:,})",
     )
     gen.add_argument(
         "--temperature",
@@ -474,17 +507,154 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=None,
         metavar="S",
-        help="seed the sampler to reproduce an output (default: random)",
+        help="seed the sampler to reproduce an output, 0 to 2**63-1 (default: random)",
     )
     gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gen.add_argument(
         "--device", default="cpu", metavar="DEV", help="'cpu', 'cuda', 'mps' or 'auto'"
     )
     gen.set_defaults(func=_cmd_generate)
+
+    from gptlab.serve import add_arguments as add_serve_arguments
+    from gptlab.serve import run as run_serve
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model behind an OpenAI-compatible HTTP API, with a chat page",
+        description=(
+            "Serve a model at http://HOST:PORT/v1 (chat/completions, completions, models) and "
+            "a chat page at /. Listens on 127.0.0.1 unless told otherwise; any other address "
+            "needs --api-key."
+        ),
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
+
+    ev = commands.add_parser(
+        "eval",
+        help="evaluate a model on a suite and write a JSON + Markdown report card",
+        description=(
+            "Evaluate a model on a suite (code pass@1 in a sandbox, multiple choice, "
+            "Shakespeare cloze, bits per byte; each with a 95%% bootstrap interval) and write "
+            "OUT.json and OUT.md."
+        ),
+    )
+    ev.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME|DIR",
+        help="'reference', 'smollm2-135m-instruct' or a checkpoint folder written by 'train'",
+    )
+    ev.add_argument("--suite", default="book", help="'book' (default) or 'smoke' (seconds)")
+    ev.add_argument("--out", required=True, metavar="PATH", help="report path without suffix")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    ev.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap intervals")
+    ev.set_defaults(func=_cmd_eval)
     return parser
+
+
+def _load_named_model(spec: str) -> tuple[Any, Any]:
+    """``reference``, a pretrained name (``smollm2-135m-instruct``) or a checkpoint folder."""
+    from gptlab.serve.backend import PRETRAINED_NAMES, REFERENCE_NAMES
+
+    if spec in REFERENCE_NAMES:
+        from gptlab.reference import load_reference_model
+
+        return load_reference_model()
+    if spec in PRETRAINED_NAMES:
+        from gptlab.pretrained import load_pretrained
+
+        return load_pretrained(spec)
+    from gptlab.checkpoint import load_model, load_tokenizer
+
+    path = pathlib.Path(spec)
+    if not (path / "meta.json").is_file():
+        names = ", ".join((*REFERENCE_NAMES, *PRETRAINED_NAMES))
+        raise ValueError(
+            f"--model {spec!r} is neither a known name ({names}) nor a checkpoint folder with a "
+            "meta.json; pass one of those names or the out_dir of a 'gptlab train' run"
+        )
+    return load_model(path).eval(), load_tokenizer(path)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from gptlab.evaluate import evaluate_suite, report_markdown, write_report
+
+    base = pathlib.Path(args.out)
+    base = base.with_suffix("") if base.suffix in (".json", ".md") else base
+    existing = [
+        str(p) for p in (base.parent / f"{base.name}.json", base.parent / f"{base.name}.md")
+    ]
+    existing = [p for p in existing if pathlib.Path(p).exists()]
+    if existing and not args.overwrite:  # before minutes of evaluation, not after
+        raise FileExistsError(
+            f"{', '.join(existing)} already exists; pass --overwrite or another --out"
+        )
+    model, tokenizer = _load_named_model(args.model)
+    report = evaluate_suite(model, tokenizer, args.suite, seed=args.seed)
+    report["model"]["name"] = args.model
+    json_path, md_path = write_report(report, args.out, overwrite=args.overwrite)
+    print(report_markdown(report))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Errors a user can fix: one line each, with the fix
+# --------------------------------------------------------------------------------------------
+
+_OUT_OF_MEMORY = ("can't allocate memory", "DefaultCPUAllocator", "out of memory")
+
+
+def _cache_root() -> pathlib.Path:
+    """The folder gptlab.utils.cache_dir() uses, worked out without creating it."""
+    root = os.environ.get("GPTLAB_CACHE")
+    return pathlib.Path(root).expanduser() if root else pathlib.Path.home() / ".cache" / "gptlab"
+
+
+def _os_error(err: OSError) -> str:
+    path = pathlib.Path(os.fsdecode(err.filename)) if err.filename is not None else None
+    said = f"{err.strerror}: {path}" if err.strerror and path else " ".join(str(err).split())
+    root = _cache_root()
+    if path is not None and (path == root or root in path.parents or path in root.parents):
+        return (
+            f"{said}. gptlab keeps downloads and converted data in {root}, which it cannot "
+            "create or write; set GPTLAB_CACHE to a folder you can write, e.g. "
+            "`export GPTLAB_CACHE=$HOME/gptlab-cache`, and run again"
+        )
+    return f"{said}; check that the path exists, is of the right kind and is writable"
+
+
+def _user_error(err: Exception) -> str | None:
+    """The one-line message for an error the user can fix; None for a bug (keep its traceback)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError) and any(m in str(err) for m in _OUT_OF_MEMORY)
+    ):
+        return (
+            f"not enough memory ({text}); use a smaller model, batch_size or block_size, fewer "
+            "--max-new-tokens, or a machine with more memory"
+        )
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+        return _os_error(err)
+    safetensors = sys.modules.get("safetensors")  # only loaded if a weights file was read
+    if safetensors is not None and isinstance(err, safetensors.SafetensorError):
+        return (
+            f"cannot read a safetensors weights file ({text}): it is damaged or not a "
+            "safetensors file; copy the checkpoint again or train it anew"
+        )
+    archives = sys.modules.get("gptlab.data.archives")
+    data_errors = (
+        (archives.DownloadError, archives.ChecksumError, archives.UnsafeArchiveError)
+        if archives is not None
+        else ()
+    )
+    if isinstance(err, (ValueError, TypeError, FileNotFoundError, *data_errors)):
+        return text
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -493,11 +663,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        if os.environ.get("GPTLAB_DEBUG"):  # show the traceback too
-            raise
-        print(f"gptlab {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        message = _user_error(err)
+        if message is None or os.environ.get("GPTLAB_DEBUG"):  # a bug, or asked for: traceback
+            raise
+        print(f"gptlab {args.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import pathlib
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
-from gptlab.cli import load_run_config, main
+from gptlab.cli import build_parser, load_run_config, main
 
 TEXT = "\n".join(
     f"ROMEO: the night is {w}, and so is the day." for w in ("long", "dark", "young", "old") * 30
@@ -139,6 +143,20 @@ def test_train_then_generate(tmp_path, capsys):
     greedy = out.split("--- sequence 2 ---\n")
     assert greedy[0].split("---\n", 1)[1] == greedy[1]  # temperature 0 is greedy: identical rows
 
+    # a prompt longer than the window (32 tokens) is cropped, and the CLI says so in one line
+    assert (
+        main([*args[:3], "--prompt", "ROMEO: " * 10, "--max-new-tokens", "1", "--seed", "1"]) == 0
+    )
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "gptlab generate: note: the prompt is 70 tokens, longer than the model's window; it was "
+        "cropped to its last 32 tokens"
+    ]
+    assert captured.out.startswith(("ROMEO: " * 10)[-32:])  # printed from the crop
+    assert len(captured.out) == 32 + 1 + 1  # the crop, one new token, a newline
+    assert main([*args, "--seed", "1"]) == 0
+    assert capsys.readouterr().err == ""  # a prompt that fits: no note
+
     # an existing checkpoint is never overwritten by accident
     assert main(["train", "--config", config]) == 2
     assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
@@ -188,3 +206,279 @@ def test_bad_values_and_bad_toml(tmp_path, capsys):
 def test_generate_from_a_missing_checkpoint(tmp_path, capsys):
     assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "hi"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- one-line errors
+def one_error_line(capsys, command: str) -> str:
+    """stderr must be exactly one line `gptlab COMMAND: error: ...`; returns the message."""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"gptlab {command}: error: "), lines[0]
+    return lines[0].removeprefix(f"gptlab {command}: error: ")
+
+
+def corpus_config(tmp_path) -> str:
+    """A run file whose [data] names the corpus "toy" (registered by the `toy_corpus` fixture)."""
+    path = pathlib.Path(write_config(tmp_path))
+    text = path.read_text().replace(
+        f'text_file = "{(tmp_path / "tiny.txt").as_posix()}"', 'corpus = "toy"'
+    )
+    path.write_text(text)
+    return str(path)
+
+
+TOY_WHEEL_NAME = "toyplays-1.0-py3-none-any.whl"
+
+
+@pytest.fixture
+def toy_corpus(tmp_path, monkeypatch):
+    """Register corpus "toy" (a tiny pinned wheel) and return a fake pip that saves `payload`."""
+    from gptlab import data
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("toyplays/plays/comedies/a.md", "# A\n\n**VIOLA**  \nI am.\n")
+    wheel = buffer.getvalue()
+    source = data.ArchiveSource(
+        "toyplays", "1.0", TOY_WHEEL_NAME, hashlib.sha256(wheel).hexdigest(), "MIT"
+    )
+    spec = data.CorpusSpec("toy", "toy", source, ("toyplays/plays/*/*.md",), lambda m: [])
+    monkeypatch.setitem(data.CORPORA, "toy", spec)
+    monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GPTLAB_ARCHIVE_DIR", raising=False)
+
+    def use_pip(payload: bytes | None, returncode: int = 0, stderr: str = "") -> None:
+        def fake_pip(command, **kwargs):
+            if payload is not None:
+                dest = pathlib.Path(command[command.index("-d") + 1])
+                (dest / TOY_WHEEL_NAME).write_bytes(payload)
+            return subprocess.CompletedProcess(command, returncode, "", stderr)
+
+        monkeypatch.setattr(subprocess, "run", fake_pip)
+
+    use_pip.wheel = wheel
+    return use_pip
+
+
+def test_download_and_checksum_errors_are_one_line(tmp_path, capsys, toy_corpus):
+    """Fails on the old code: DownloadError and ChecksumError printed a traceback."""
+    config = corpus_config(tmp_path)
+    toy_corpus(None, returncode=1, stderr="ERROR: No matching distribution found")
+    assert main(["train", "--config", config]) == 2
+    message = one_error_line(capsys, "train")
+    assert "could not download toyplays==1.0" in message and "GPTLAB_ARCHIVE_DIR" in message
+
+    toy_corpus(toy_corpus.wheel + b"tampered")
+    assert main(["train", "--config", config]) == 2
+    assert "sha256 mismatch for " + TOY_WHEEL_NAME in one_error_line(capsys, "train")
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_unusable_cache_folder_names_gptlab_cache(tmp_path, capsys, monkeypatch, toy_corpus, where):
+    """Fails on the old code: FileExistsError / NotADirectoryError printed a traceback."""
+    config = corpus_config(tmp_path)
+    (tmp_path / "not-a-folder").write_text("x")
+    root = tmp_path / "not-a-folder" / ("" if where == "a file" else "cache")
+    monkeypatch.setenv("GPTLAB_CACHE", str(root))
+    assert main(["train", "--config", config]) == 2
+    message = one_error_line(capsys, "train")
+    assert str(root) in message and "set GPTLAB_CACHE to a folder you can write" in message
+
+
+def test_cache_permission_error_names_gptlab_cache(tmp_path, capsys, monkeypatch, toy_corpus):
+    """Fails on the old code: a PermissionError in the cache printed a traceback."""
+    from gptlab.data import corpora
+
+    def denied():
+        raise PermissionError(13, "Permission denied", str(tmp_path / "cache" / "corpora"))
+
+    monkeypatch.setattr(corpora, "cache_dir", denied)  # root ignores chmod, so simulate it
+    assert main(["train", "--config", corpus_config(tmp_path)]) == 2
+    message = one_error_line(capsys, "train")
+    assert message.startswith(f"Permission denied: {tmp_path / 'cache' / 'corpora'}")
+    assert "export GPTLAB_CACHE=" in message
+
+    def elsewhere():
+        raise PermissionError(13, "Permission denied", "/srv/runs/out")
+
+    monkeypatch.setattr(corpora, "cache_dir", elsewhere)
+    assert main(["train", "--config", corpus_config(tmp_path)]) == 2
+    message = one_error_line(capsys, "train")
+    assert "/srv/runs/out" in message and "GPTLAB_CACHE" not in message  # not the cache's fault
+
+
+def _raise_safetensor_error(*args, **kwargs):
+    from safetensors.torch import load
+
+    load(b"not a safetensors file")
+
+
+def _raise_allocation_error(*args, **kwargs):
+    import torch
+
+    torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: DefaultCPUAllocator refuses
+
+
+def _raise_memory_error(*args, **kwargs):
+    raise MemoryError
+
+
+@pytest.mark.parametrize(
+    ("load_model", "expected"),
+    [
+        (_raise_safetensor_error, "cannot read a safetensors weights file"),
+        (_raise_allocation_error, "not enough memory (["),
+        (_raise_memory_error, "not enough memory (MemoryError)"),
+    ],
+)
+def test_weights_and_memory_errors_are_one_line(
+    tmp_path, capsys, monkeypatch, load_model, expected
+):
+    """Fails on the old code: SafetensorError, torch's allocation error and MemoryError
+    printed a traceback."""
+    from gptlab import train
+
+    monkeypatch.setattr(train, "load_model", load_model)
+    assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "hi"]) == 2
+    assert one_error_line(capsys, "generate").startswith(expected)
+
+
+def test_a_bug_still_shows_its_traceback(tmp_path, monkeypatch):
+    from gptlab import train
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(train, "load_model", bug)
+    with pytest.raises(ZeroDivisionError):
+        main(["generate", "--checkpoint", str(tmp_path), "--prompt", "hi"])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--seed", str(2**70), "must be an integer from 0 to 9223372036854775807"),
+        ("--seed", "-1", "must be an integer from 0 to"),
+        ("--max-new-tokens", "0", "must be an integer from 1 to 100000"),
+        ("--max-new-tokens", str(10**12), "must be an integer from 1 to 100000"),
+        ("--max-new-tokens", "1e3", "must be an integer from 1 to 100000, got '1e3'"),
+    ],
+)
+def test_generate_bounds_seed_and_max_new_tokens(capsys, option, value, message):
+    """Fails on the old code: --seed 2**70 overflowed in torch, --max-new-tokens had no bound."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--checkpoint", "x", "--prompt", "a", option, value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    parser = build_parser()
+    args = parser.parse_args(["generate", "--checkpoint", "x", "--prompt", "a"])
+    assert (args.seed, args.max_new_tokens) == (None, 200)
+    top = parser.parse_args(
+        ["generate", "--checkpoint", "x", "--prompt", "a", "--seed", str(2**63 - 1)]
+    )
+    assert top.seed == 2**63 - 1
+
+
+# ------------------------------------------------------------------------- out_dir safety
+def _train_two_steps(config: str) -> None:
+    """The first two steps of the run file's training, saved to its out_dir (as if stopped)."""
+    from gptlab.cli import build_run
+    from gptlab.train import train
+
+    built = build_run(load_run_config(config))
+    train(
+        built.model, built.train_ids, built.val_ids, built.train_config, stop_at=2,
+        tokenizer=built.tokenizer,
+    )  # fmt: skip
+
+
+def test_train_refuses_an_out_dir_that_holds_user_files(tmp_path, capsys):
+    """Fails on the old code: the folder (or the text file) was replaced by a checkpoint."""
+    config = write_config(tmp_path)
+    path = tmp_path / "run.toml"
+    original = path.read_text()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for out_dir, message in (
+        (tmp_path, "not a gptlab checkpoint"),
+        (tmp_path / "tiny.txt", "is an existing file"),
+    ):
+        path.write_text(original.replace(str((tmp_path / "out").as_posix()), out_dir.as_posix()))
+        before["run.toml"] = path.read_bytes()
+        for flags in ([], ["--overwrite"]):
+            assert main(["train", "--config", config, *flags]) == 2
+            err = capsys.readouterr().err
+            assert message in err and "new or empty folder" in err
+            assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_checkpoint_left_at_old_is_resumed_not_destroyed(tmp_path, capsys):
+    """Fails on the old code: --resume saw no checkpoint, and a plain train overwrote it."""
+    config = write_config(tmp_path)
+    _train_two_steps(config)
+    out, backup = tmp_path / "out", tmp_path / ".out.old"
+    os.rename(out, backup)  # what a save that died between its two renames leaves
+    assert main(["train", "--config", config]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert json.loads((out / "meta.json").read_text())["step"] == 2  # recovered, untouched
+    assert not backup.exists()
+    os.rename(out, backup)
+    assert main(["train", "--config", config, "--resume"]) == 0
+    assert "trained to step 4" in capsys.readouterr().out
+    assert json.loads((out / "meta.json").read_text())["history"]["steps"] == [1, 2, 3, 4]
+
+
+def test_resume_with_changed_train_settings_needs_a_flag(tmp_path, capsys):
+    """Fails on the old code: a resume with another lr and batch size trained on silently."""
+    config = write_config(tmp_path)
+    _train_two_steps(config)
+    changed = write_config(tmp_path, extra_train="lr = 0.002")
+    path = tmp_path / "run.toml"
+    path.write_text(path.read_text().replace("batch_size = 4", "batch_size = 3"))
+    assert main(["train", "--config", changed, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size: 4 -> 3; lr: 0.001 -> 0.002" in err and "--allow-config-change" in err
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["step"] == 2
+    assert main(["train", "--config", changed, "--allow-config-change"]) == 2
+    assert "only applies to --resume" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="changed TrainConfig: batch_size: 4 -> 3"):
+        assert main(["train", "--config", changed, "--resume", "--allow-config-change"]) == 0
+    assert "trained to step 4" in capsys.readouterr().out
+
+
+# --- eval and serve ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_eval_writes_a_report_card_and_never_overwrites_it(tmp_path, capsys):
+    out = tmp_path / "card"
+    assert main(["eval", "--model", "reference", "--suite", "smoke", "--out", str(out)]) == 0
+    report = json.loads((tmp_path / "card.json").read_text())
+    assert set(report["scores"]) == {
+        "code_pass@1",
+        "mc_accuracy",
+        "cloze_accuracy",
+        "bits_per_byte",
+    }
+    assert report["model"]["name"] == "reference" and report["model"]["parameters"] == 2_590_848
+    for score in report["scores"].values():
+        assert score["low"] <= score["value"] <= score["high"]
+    assert "| bits_per_byte |" in (tmp_path / "card.md").read_text()
+    before = (tmp_path / "card.json").read_bytes()
+    capsys.readouterr()
+    assert main(["eval", "--model", "reference", "--suite", "smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0]
+    assert (tmp_path / "card.json").read_bytes() == before
+
+
+def test_eval_and_serve_reject_an_unknown_model_in_one_line(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gptlab eval: error:") and "meta.json" in err[0]
+
+
+def test_serve_is_a_command(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    assert "--api-key" in capsys.readouterr().out
