@@ -8,6 +8,11 @@ the whole sequence every step), gptlab with the cache, and transformers' GPT2LMH
 ratios, and writes them to benchmarks/results_generate.md.
 
     python benchmarks/bench_generate.py            # 1-2 minutes on one CPU core
+    python benchmarks/bench_generate.py --smollm2  # also SmolLM2-135M, float32 and bf16 (~5 min)
+
+With ``--smollm2`` it also times gptlab against transformers on the real SmolLM2-135M-Instruct
+weights (gptlab.load_pretrained; transformers loads the same dequantised weights through
+save_hf_llama), greedy, batch 1, in float32 and bfloat16.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ from collections.abc import Callable
 
 import torch
 import transformers
-from transformers import GPT2LMHeadModel
+from transformers import GPT2LMHeadModel, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
 from gptlab.model import GPT, GPTConfig
-from gptlab.pretrained import save_hf_gpt2
+from gptlab.pretrained import load_pretrained, save_hf_gpt2, save_hf_llama
 from gptlab.sampling import generate
 from gptlab.utils import atomic_write
 
@@ -57,6 +62,7 @@ def main() -> None:
         help="65: characters; 50257: GPT-2's BPE, where the output layer dominates each step",
     )
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds of the cached paths")
+    parser.add_argument("--smollm2", action="store_true", help="also time SmolLM2-135M-Instruct")
     parser.add_argument(
         "--threads",
         type=int,
@@ -145,10 +151,54 @@ def main() -> None:
         "",
         "Timings vary with the machine and its load; the ratios are the point.",
     ]
+    if args.smollm2:
+        lines += ["", *smollm2_rows(args.new_tokens, args.repeats)]
     report = "\n".join(lines) + "\n"
     print(report)
     with atomic_write(RESULTS, "w") as f:
         f.write(report)
+
+
+def smollm2_rows(n: int, repeats: int) -> list[str]:
+    """gptlab vs transformers generate on SmolLM2-135M-Instruct, float32 and bfloat16."""
+    rows = [
+        f"## SmolLM2-135M-Instruct, {n} new tokens after a chat prompt, batch 1",
+        "",
+        "| dtype | gptlab tokens/s | transformers tokens/s | gptlab / transformers | same tokens |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for dtype in (torch.float32, torch.bfloat16):
+        model, tokenizer = load_pretrained("smollm2-135m-instruct", dtype=dtype)
+        with tempfile.TemporaryDirectory() as folder:
+            save_hf_llama(model, folder)
+            hf = LlamaForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        text = "<|im_start|>user\nTell me a long story about a dragon.<|im_end|>\n<|im_start|>assistant\n"
+        prompt = torch.tensor(
+            [tokenizer.encode(text, allowed_special={"<|im_start|>", "<|im_end|>"})]
+        )
+
+        def ours(model: torch.nn.Module = model, prompt: torch.Tensor = prompt) -> torch.Tensor:
+            return generate(model, prompt, n, temperature=0)
+
+        def theirs(hf: LlamaForCausalLM = hf, prompt: torch.Tensor = prompt) -> torch.Tensor:
+            with torch.no_grad():
+                return hf.generate(
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    do_sample=False,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    pad_token_id=2,
+                )
+
+        ours(), theirs()  # warm up
+        (t_ours, out_ours), (t_hf, out_hf) = best_seconds([ours, theirs], repeats)
+        name = str(dtype).removeprefix("torch.")
+        rows.append(
+            f"| {name} | {n / t_ours:,.1f} | {n / t_hf:,.1f} | **{t_hf / t_ours:.2f}x** | "
+            f"{torch.equal(out_ours, out_hf)} |"
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Read top to bottom: the formula written out (:func:`scaled_dot_product_attention`), the mask
 that hides the future (:func:`causal_mask`), the cache that lets generation reuse past keys and
-values (:class:`KVCache`), and multi-head causal self-attention (:class:`CausalSelfAttention`).
+values (:class:`KVCache`), grouped-query attention's key/value sharing (:func:`repeat_kv`), the
+causal attention step both model families share (:func:`causal_attention`), and multi-head
+causal self-attention (:class:`CausalSelfAttention`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CausalSelfAttention", "KVCache", "causal_mask", "scaled_dot_product_attention"]
+__all__ = [
+    "CausalSelfAttention",
+    "KVCache",
+    "causal_attention",
+    "causal_mask",
+    "repeat_kv",
+    "scaled_dot_product_attention",
+]
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -110,9 +119,10 @@ class KVCache:
 
     Without a cache, producing token ``t`` re-runs the model over all ``t`` previous tokens; with
     it, each layer appends the new token's key and value and attends over the stored ones.
-    Storage ``(B, n_head, max_length, head_dim)`` per layer is allocated once, by
+    Storage ``(B, n_kv_head, max_length, head_dim)`` per layer is allocated once, by
     :meth:`allocate` or at the first write, so decoding steps only copy into it; ``length``
-    counts the positions stored in every layer.
+    counts the positions stored in every layer. With grouped-query attention only the key/value
+    heads are stored (``n_kv_head`` of them, fewer than the query heads): that is GQA's saving.
     Prefill with a prompt (any number of tokens), then append one token at a time.
     """
 
@@ -129,14 +139,21 @@ class KVCache:
     def allocate(
         self,
         batch_size: int,
-        n_head: int,
+        n_kv_head: int,
         head_dim: int,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         """Allocate every layer's storage now instead of at its first write."""
-        shape = (batch_size, n_head, self.max_length, head_dim)
+        for name, value in (
+            ("batch_size", batch_size),
+            ("n_kv_head", n_kv_head),
+            ("head_dim", head_dim),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        shape = (batch_size, n_kv_head, self.max_length, head_dim)
         self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(self.n_layer)]
         self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(self.n_layer)]
         self._lengths = [0] * self.n_layer
@@ -153,7 +170,7 @@ class KVCache:
     def update(
         self, layer_idx: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``k, v`` of shape ``(B, nh, T_new, hs)`` to layer ``layer_idx``; return all stored."""
+        """Append ``k, v`` of shape ``(B, n_kv_head, T_new, hs)`` to layer ``layer_idx``; return all stored."""
         if not 0 <= layer_idx < self.n_layer:
             raise ValueError(
                 f"layer_idx {layer_idx} out of range for a cache of {self.n_layer} layers; "
@@ -161,7 +178,7 @@ class KVCache:
             )
         if k.dim() != 4 or k.shape != v.shape:
             raise ValueError(
-                f"k and v must both be (B, n_head, T, head_dim), got {tuple(k.shape)} and {tuple(v.shape)}"
+                f"k and v must both be (B, n_kv_head, T, head_dim), got {tuple(k.shape)} and {tuple(v.shape)}"
             )
         B, nh, T, hs = k.shape
         start = self._lengths[layer_idx]
@@ -177,7 +194,7 @@ class KVCache:
             store_v = self.v[layer_idx] = v.new_empty(shape)
         elif store_k.shape[:2] != (B, nh) or store_k.shape[3] != hs or store_k.dtype != k.dtype:
             raise ValueError(
-                f"this cache stores (B={store_k.shape[0]}, n_head={store_k.shape[1]}, "
+                f"this cache stores (B={store_k.shape[0]}, n_kv_head={store_k.shape[1]}, "
                 f"head_dim={store_k.shape[3]}, {store_k.dtype}) but got k {tuple(k.shape)} {k.dtype}; "
                 "use one cache per batch (model.new_kv_cache(batch_size))"
             )
@@ -192,17 +209,89 @@ class KVCache:
         )
 
 
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Grouped-query attention's sharing: ``(B, n_kv_head, S, hs)`` -> ``(B, n_kv_head * n_rep, S, hs)``.
+
+    Query head ``h`` reads key/value head ``h // n_rep``, so each KV head is repeated for the
+    ``n_rep`` consecutive query heads of its group (Ainslie et al., 2023; Hugging Face's order).
+    """
+    if isinstance(n_rep, bool) or not isinstance(n_rep, int) or n_rep < 1:
+        raise ValueError(f"n_rep must be a positive int (query heads per KV head), got {n_rep!r}")
+    if n_rep == 1:
+        return x
+    B, n_kv, S, hs = x.shape
+    return x[:, :, None].expand(B, n_kv, n_rep, S, hs).reshape(B, n_kv * n_rep, S, hs)
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: KVCache | None = None,
+    layer_idx: int = 0,
+    *,
+    dropout_p: float = 0.0,
+    use_sdpa: bool = True,
+    return_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal attention of new queries over the cached past plus the new keys: the step that
+    GPT's and Llama's attention layers share.
+
+    ``q`` is ``(B, n_head, T, hs)``; ``k`` and ``v`` are ``(B, n_kv_head, T, hs)`` where
+    ``n_kv_head`` divides ``n_head`` (equal for multi-head attention, fewer for grouped-query
+    attention). With ``kv_cache`` the new keys/values are appended to layer ``layer_idx`` first.
+    Returns ``(y, weights)``: ``y`` ``(B, n_head, T, hs)``; ``weights`` ``(B, n_head, T, S)`` when
+    ``return_weights`` (which runs the written-out math), else None.
+    """
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[0::3] != k.shape[0::3]:
+        raise ValueError(
+            f"q must be (B, n_head, T, hs) and k, v (B, n_kv_head, T, hs) with the same B and hs, "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    n_head, n_kv_head, T = q.shape[1], k.shape[1], q.shape[2]
+    if n_head % n_kv_head != 0:
+        raise ValueError(
+            f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head}): each group of "
+            "query heads shares one key/value head"
+        )
+    if kv_cache is not None:
+        k, v = kv_cache.update(layer_idx, k, v)  # (B, n_kv_head, past + T, hs)
+    past = k.shape[2] - T  # positions that were already in the cache
+    k, v = repeat_kv(k, n_head // n_kv_head), repeat_kv(v, n_head // n_kv_head)  # (B, nh, S, hs)
+    if use_sdpa and not return_weights:
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:
+            # One new query sits after every cached key: it may see all of them, no mask.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            # is_causal aligns the mask top-left, which is wrong with a cache; pass it explicitly.
+            mask = causal_mask(T, q.device, offset=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return y, None
+    mask = causal_mask(T, q.device, offset=past)  # (T, past + T)
+    return scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout_p)
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention as in GPT-2.
+    """Multi-head causal self-attention as in GPT-2 (and grouped-query with ``n_kv_head``).
 
     One fused linear layer ``c_attn`` makes queries, keys and values for all heads at once;
     ``c_proj`` mixes the heads' outputs back into the residual stream. The fast path calls
     ``F.scaled_dot_product_attention``; ``use_sdpa=False`` or ``return_weights=True`` runs the
     written-out math above (same result, and it can hand back the attention weights).
+    ``n_kv_head`` (default ``n_head``: plain multi-head attention) makes fewer key/value heads,
+    each shared by ``n_head // n_kv_head`` query heads.
     """
 
     def __init__(
-        self, n_embd: int, n_head: int, *, dropout: float = 0.0, bias: bool = True
+        self,
+        n_embd: int,
+        n_head: int,
+        *,
+        dropout: float = 0.0,
+        bias: bool = True,
+        n_kv_head: int | None = None,
     ) -> None:
         super().__init__()
         if n_embd % n_head != 0:
@@ -210,10 +299,20 @@ class CausalSelfAttention(nn.Module):
                 f"n_embd ({n_embd}) must be divisible by n_head ({n_head}) so every head gets "
                 "n_embd // n_head features; change one of them"
             )
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if isinstance(n_kv_head, bool) or not isinstance(n_kv_head, int) or n_kv_head < 1:
+            raise ValueError(f"n_kv_head must be a positive int or None, got {n_kv_head!r}")
+        if n_head % n_kv_head != 0:
+            raise ValueError(
+                f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head}) so the query "
+                "heads split into equal groups; e.g. n_kv_head=1 or n_kv_head=n_head"
+            )
         self.n_embd = n_embd
         self.n_head = n_head
+        self.n_kv_head = n_kv_head
         self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads
+        kv_dim = n_kv_head * (n_embd // n_head)
+        self.c_attn = nn.Linear(n_embd, n_embd + 2 * kv_dim, bias=bias)  # q, k, v for all heads
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
@@ -237,31 +336,21 @@ class CausalSelfAttention(nn.Module):
             )
         B, T, C = x.shape
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        kv_dim = self.n_kv_head * hs
+        q, k, v = self.c_attn(x).split([C, kv_dim, kv_dim], dim=2)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-
-        if kv_cache is not None:
-            k, v = kv_cache.update(layer_idx, k, v)  # (B, nh, past + T, hs)
-        past = k.shape[2] - T  # positions that were already in the cache
-
-        dropout_p = self.dropout if self.training else 0.0
-        if use_sdpa and not return_weights:
-            if past == 0:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-            elif T == 1:
-                # One new query sits after every cached key: it may see all of them, no mask.
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-            else:
-                # is_causal aligns the mask top-left, which is wrong with a cache; pass it explicitly.
-                mask = causal_mask(T, x.device, offset=past)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-            weights = None
-        else:
-            mask = causal_mask(T, x.device, offset=past)  # (T, past + T)
-            y, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout_p)
-
+        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        y, weights = causal_attention(
+            q,
+            k,
+            v,
+            kv_cache,
+            layer_idx,
+            dropout_p=self.dropout if self.training else 0.0,
+            use_sdpa=use_sdpa,
+            return_weights=return_weights,
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
         y = self.resid_dropout(self.c_proj(y))
         if return_weights:

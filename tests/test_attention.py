@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptlab.attention import CausalSelfAttention, KVCache, causal_mask, scaled_dot_product_attention
+from gptlab.attention import (
+    CausalSelfAttention,
+    KVCache,
+    causal_attention,
+    causal_mask,
+    repeat_kv,
+    scaled_dot_product_attention,
+)
 
 SHAPES = [  # (B, nh, T, S, d_k, d_v)
     (1, 1, 1, 1, 1, 1),
@@ -196,3 +203,61 @@ def test_module_input_and_config_errors():
         attn(torch.randn(1, 5, 10, dtype=torch.float64))
     with pytest.raises(ValueError, match="divisible by n_head"):
         CausalSelfAttention(10, 3)
+
+
+# ------------------------------------------------------------------------------ grouped-query
+
+
+def test_repeat_kv_gives_each_query_group_its_kv_head():
+    kv = torch.randn(2, 3, 5, 4)
+    out = repeat_kv(kv, 2)
+    assert out.shape == (2, 6, 5, 4)
+    for h in range(6):  # query head h reads KV head h // 2 (transformers' order)
+        assert torch.equal(out[:, h], kv[:, h // 2])
+    assert repeat_kv(kv, 1) is kv
+    with pytest.raises(ValueError, match="n_rep"):
+        repeat_kv(kv, 0)
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_gqa_cache_stores_only_kv_heads_and_equals_full(use_sdpa):
+    torch.manual_seed(5)
+    attn = CausalSelfAttention(12, 6, n_kv_head=2).double().eval()
+    assert attn.c_attn.out_features == 12 + 2 * 2 * 2  # q for 6 heads, k and v for 2
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    full = attn(x, use_sdpa=use_sdpa)
+    cache = KVCache(n_layer=1, max_length=8)
+    parts = [attn(x[:, :3], kv_cache=cache, use_sdpa=use_sdpa)]
+    parts += [attn(x[:, t : t + 1], kv_cache=cache, use_sdpa=use_sdpa) for t in range(3, 7)]
+    assert cache.k[0].shape == (2, 2, 8, 2)  # (B, n_kv_head, max_length, head_dim)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-10, rtol=0)
+
+
+def test_gqa_equals_mha_with_repeated_kv_weights():
+    """A GQA layer is an MHA layer whose k/v projections repeat within each group."""
+    torch.manual_seed(6)
+    gqa = CausalSelfAttention(8, 4, n_kv_head=2).double().eval()
+    mha = CausalSelfAttention(8, 4).double().eval()
+    wq, wk, wv = gqa.c_attn.weight.split([8, 4, 4])
+    bq, bk, bv = gqa.c_attn.bias.split([8, 4, 4])
+    rep = lambda w: w.view(2, 1, 2, -1).expand(2, 2, 2, -1).reshape(8, *w.shape[1:])  # noqa: E731
+    with torch.no_grad():
+        mha.c_attn.weight.copy_(torch.cat([wq, rep(wk), rep(wv)]))
+        mha.c_attn.bias.copy_(torch.cat([bq, rep(bk[:, None])[:, 0], rep(bv[:, None])[:, 0]]))
+        mha.c_proj.load_state_dict(gqa.c_proj.state_dict())
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    torch.testing.assert_close(gqa(x), mha(x), atol=1e-10, rtol=0)
+    _, w_gqa = gqa(x, return_weights=True)
+    assert w_gqa.shape == (1, 4, 5, 5)
+
+
+def test_gqa_errors():
+    with pytest.raises(ValueError, match="multiple of n_kv_head"):
+        CausalSelfAttention(12, 6, n_kv_head=4)
+    with pytest.raises(ValueError, match="n_kv_head must be a positive int"):
+        CausalSelfAttention(12, 6, n_kv_head=0)
+    q = torch.zeros(1, 6, 2, 4)
+    with pytest.raises(ValueError, match="multiple of n_kv_head"):
+        causal_attention(q, torch.zeros(1, 4, 2, 4), torch.zeros(1, 4, 2, 4))
+    with pytest.raises(ValueError, match="same B and hs"):
+        causal_attention(q, torch.zeros(1, 3, 2, 5), torch.zeros(1, 3, 2, 5))

