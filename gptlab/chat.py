@@ -34,6 +34,10 @@ prompt, tags, user messages) with ``-100``, the ``ignore_index`` of
 :meth:`gptlab.model.GPT.forward`: the model is graded only on the replies it must learn to
 write, and on the ``<|endoftext|>`` that ends them.
 
+**The split.** :func:`split_conversations` deduplicates a dialogue corpus, keeps
+conversations that share a prompt or a passage on one side, and checks that no held-out
+exchange occurs in training, so a held-out reply loss measures replies the model never saw.
+
 **The chat loop.** :class:`ChatSession` keeps the conversation as the exact token ids the
 model read and wrote. Before each reply it drops the oldest exchanges until the prompt plus
 the reply budget fits in ``block_size``; the system prompt always stays.
@@ -42,6 +46,7 @@ the reply budget fits in ``block_size``; the system prompt always stays.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,8 +76,10 @@ __all__ = [
     "conversation_segments",
     "end_token_id",
     "evaluate_chat",
+    "exchange_texts",
     "finetune_chat",
     "format_conversation",
+    "split_conversations",
     "tokenize_conversation",
 ]
 
@@ -296,6 +303,185 @@ def build_example(
             "or use a larger block_size"
         )
     return torch.tensor(ids[:-1], dtype=torch.long), targets
+
+
+# --------------------------------------------------------------------------------------------
+# Splitting conversations without leaks
+# --------------------------------------------------------------------------------------------
+
+
+def exchange_texts(turns: Sequence[str]) -> list[str]:
+    """Each answered exchange of a conversation as one text, ``"user message\\nreply"``.
+
+    These are the units chapter 9's held-out reply loss grades (an unanswered last message is
+    not graded, so it is left out), and the units :func:`split_conversations` checks for leaks.
+    """
+    texts = _check_turns(turns, allow_open=True)
+    return [f"{user}\n{reply}" for user, reply in zip(texts[0::2], texts[1::2], strict=False)]
+
+
+def _check_documents(documents: Any) -> list[Any]:
+    if isinstance(documents, str) or not isinstance(documents, Sequence):
+        raise TypeError(
+            "documents must be a list of dialogue documents, e.g. "
+            f"load_corpus('chatterbot').documents, got {type(documents).__name__}"
+        )
+    for i, doc in enumerate(documents):
+        turns, genre = getattr(doc, "turns", None), getattr(doc, "genre", None)
+        if not isinstance(genre, str) or not isinstance(turns, Sequence) or len(turns) < 2:
+            raise TypeError(
+                f"documents[{i}] must be a gptlab.data.Document with a topic (genre) and at least "
+                f"two turns, got {doc!r}; pass load_corpus('chatterbot').documents"
+            )
+        _check_turns(turns, allow_open=True)
+    if len(documents) < 2:
+        raise ValueError(f"need at least 2 conversations to split, got {len(documents)}")
+    return list(documents)
+
+
+def _connected_groups(keys: list[list[Any]]) -> list[list[int]]:
+    """Items that share a key, directly or through others, as groups (union-find).
+
+    Groups are ordered by their first item and list their items in order.
+    """
+    parent = list(range(len(keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]  # path halving keeps the trees flat
+            i = parent[i]
+        return i
+
+    owner: dict[Any, int] = {}
+    for i, item_keys in enumerate(keys):
+        for key in item_keys:
+            if key in owner:
+                parent[root(i)] = root(owner[key])
+            else:
+                owner[key] = i
+    groups: dict[int, list[int]] = {}
+    for i in range(len(keys)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values())
+
+
+def _draw(sizes: list[int], target: int, rng: random.Random) -> list[int]:
+    """Indices of units, drawn in a seeded order, whose sizes add up to at most ``target``."""
+    chosen, taken = [], 0
+    for unit in rng.sample(range(len(sizes)), len(sizes)):
+        if taken + sizes[unit] <= target:
+            chosen.append(unit)
+            taken += sizes[unit]
+    return chosen
+
+
+def _draw_groups(
+    groups: list[list[int]],
+    topics: list[str],
+    val_fraction: float,
+    rng: random.Random,
+    whole_topics: bool,
+) -> list[int]:
+    """Indices of the groups to hold out, about ``val_fraction`` of the items in all.
+
+    With ``whole_topics`` the groups (whole topics) are drawn against the total; otherwise
+    within each topic, a group counting under its most common topic (ties: first in a-z).
+    """
+    if whole_topics:
+        return _draw([len(g) for g in groups], round(sum(map(len, groups)) * val_fraction), rng)
+    by_topic: dict[str, list[int]] = {}
+    for g, group in enumerate(groups):
+        genres = [topics[i] for i in group]
+        by_topic.setdefault(min(genres, key=lambda t: (-genres.count(t), t)), []).append(g)
+    held = []
+    for topic in sorted(by_topic):
+        mine = by_topic[topic]
+        sizes = [len(groups[g]) for g in mine]
+        held += [mine[k] for k in _draw(sizes, round(sum(sizes) * val_fraction), rng)]
+    return held
+
+
+def _check_split_options(val_fraction: Any, seed: Any, by: Any, n: Any) -> None:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
+        raise TypeError(f"val_fraction must be a number, got {type(val_fraction).__name__}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), e.g. 0.1, got {val_fraction}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    _check_int("n", n, 1, "; 8 words is the usual n-gram length")
+    if by not in ("conversation", "topic"):
+        raise ValueError(f"by must be 'conversation' or 'topic', got {by!r}")
+
+
+def split_conversations(
+    documents: Sequence[Any],
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    *,
+    by: str = "conversation",
+    n: int = 8,
+) -> tuple[list[Any], list[Any]]:
+    """Split dialogue documents into (train, held-out) so that no held-out exchange is in training.
+
+    A random split of ChatterBot puts copies of most held-out conversations into training
+    (2,025 conversations, 898 distinct), and a held-out loss on them measures memory. So:
+
+    1. **Deduplicate**: conversations whose turns are equal after
+       :func:`gptlab.evaluate.contamination.normalize` (case, punctuation, spacing) count
+       once; the first is kept.
+    2. **Group**: two conversations belong together when they share a user message (the same
+       prompt with another answer teaches the answer's wording) or when one of their exchanges
+       (:func:`exchange_texts`) shares a word ``n``-gram with one of the other's; groups are
+       the connected components, and a group is never cut.
+    3. **Split** whole groups, drawn in an order seeded by ``seed`` and skipped when they
+       would take the held-out side past ``round(val_fraction * distinct)`` conversations.
+       ``by="conversation"`` draws within each topic (``genre``; a group counts under its
+       most common topic), so every topic large enough is held out in proportion;
+       ``by="topic"`` holds out whole topics, to measure replies on subjects never trained on:
+       no topic is on both sides, so topics that share a group are drawn together.
+    4. **Check**: :func:`gptlab.evaluate.contamination.check_split` on the exchanges of both
+       sides with the same ``n`` raises ``ContaminationError`` if any held-out exchange is a
+       duplicate of, or shares an ``n``-gram with, a training exchange.
+
+    Returns the two lists of documents, each in input order.
+    """
+    from gptlab.evaluate.contamination import check_split, ngrams, normalize
+
+    documents = _check_documents(documents)
+    _check_split_options(val_fraction, seed, by, n)
+    seen: set[tuple[str, ...]] = set()
+    distinct = []
+    for doc in documents:
+        key = tuple(map(normalize, doc.turns))
+        if key not in seen:
+            seen.add(key)
+            distinct.append(doc)
+    exchanges = [exchange_texts(d.turns) for d in distinct]
+    keys = [  # conversations that share any of these keys end up in one group
+        [("user", normalize(user)) for user in list(d.turns)[0:-1:2]]
+        + [("exchange", normalize(text)) for text in texts]
+        + [("gram", gram) for text in texts for gram in ngrams(text, n)]
+        + ([("topic", d.genre)] if by == "topic" else [])  # a whole topic is one group
+        for d, texts in zip(distinct, exchanges, strict=True)
+    ]
+    groups = _connected_groups(keys)
+    rng = random.Random(seed)
+    held = _draw_groups(groups, [d.genre for d in distinct], val_fraction, rng, by == "topic")
+    held_items = {i for g in held for i in groups[g]}
+    if not held_items or len(held_items) == len(distinct):
+        raise ValueError(
+            f"by={by!r} with val_fraction={val_fraction} leaves one side empty: the "
+            f"{len(distinct)} distinct conversations form {len(groups)} groups that may not be "
+            "cut, too few or too large to split; raise val_fraction, or use by='conversation'"
+        )
+    train = [d for i, d in enumerate(distinct) if i not in held_items]
+    heldout = [d for i, d in enumerate(distinct) if i in held_items]
+    check_split(
+        [t for i, texts in enumerate(exchanges) if i not in held_items for t in texts],
+        [t for i, texts in enumerate(exchanges) if i in held_items for t in texts],
+        n=n,
+    )
+    return train, heldout
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,13 +3,17 @@
     OMP_NUM_THREADS=1 python recipes/assistant.py            # about 6 CPU-minutes
 
 Section 9.4 of notebooks/09_applications.ipynb fine-tunes the reference model for 150 steps on
-a mixture of Django's English -> French strings ("Translate into French.", repeated three times
-so both tasks get about half of the steps) and ChatterBot conversations (an assistant system
-prompt). This script runs exactly that for 1,500 steps (the notebook's ``SCALE = 10``) and
-measures what the notebook measures: held-out reply losses before and after, chrF / script /
-placeholders on the held-out French strings against the copy and un-tuned baselines, a few
-translations, and the notebook's multi-turn conversation. It writes only those results (gptlab/assets/applications/
-assistant_run.json, a few KB): the fine-tuned weights (10 MB) are not shipped.
+a mixture of Django's English -> French strings ("Translate into French.") and ChatterBot
+conversations (an assistant system prompt), repeated three and two times (``REPEATS``) so both
+tasks get about half of the steps. ChatterBot is split with
+:func:`gptlab.chat.split_conversations`: deduplicated, and no held-out exchange occurs in
+training (a random split of the raw corpus put copies of 118 of its 201 held-out conversations
+into training). This script runs exactly that for 1,500 steps (the notebook's ``SCALE = 10``)
+and measures what the notebook measures: held-out reply losses before and after, chrF /
+script / placeholders on the held-out French strings against the copy and un-tuned
+baselines, a few translations, and the notebook's multi-turn conversation. It writes only
+those results (gptlab/assets/applications/assistant_run.json, a few KB): the fine-tuned
+weights (10 MB) are not shipped.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ SYSTEM = {
     "chat": "You are a friendly assistant. Answer in a sentence or two.",
 }
 CHAT_MESSAGES = ["Hello", "What is your name?", "Do you like books?", "Tell me a joke."]
+REPEATS = {"fr": 3, "chat": 2}  # copies of each task's training set in the mixture
+
+
+def chat_split() -> tuple[list, list]:
+    """The ChatterBot (train, test) conversations of chapter 9: deduplicated, nothing leaks."""
+    return chat.split_conversations(load_corpus("chatterbot").documents, 0.1, seed=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,14 +63,15 @@ def main(argv: list[str] | None = None) -> int:
              if d.genre == "fr" and len(d.turns[0]) <= 60]  # fmt: skip
     tr_train, tr_test = split_documents(short, val_fraction=0.1, seed=0)
     test_pairs = [d.turns for d in tr_test]
-    chat_train, chat_test = split_documents(load_corpus("chatterbot").documents, 0.1, seed=0)
+    chat_train, chat_test = chat_split()
 
     def dataset(conversations: list, task: str) -> chat.ChatDataset:
         return chat.ChatDataset(conversations, tok, block, system=SYSTEM[task])
 
     fr_train = dataset([d.turns for d in tr_train], "fr")
+    chat_train_set = dataset([d.turns for d in chat_train], "chat")
     mixture = applications.merge_chat_datasets(
-        fr_train, fr_train, fr_train, dataset([d.turns for d in chat_train], "chat")
+        *[fr_train] * REPEATS["fr"], *[chat_train_set] * REPEATS["chat"]
     )
     tests = {"fr": dataset(test_pairs, "fr"), "chat": dataset([d.turns for d in chat_test], "chat")}
 
@@ -101,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": "OMP_NUM_THREADS=1 python recipes/assistant.py",
         "hardware": args.hardware,
         "steps": args.steps,
+        "chat_split": "chat.split_conversations(load_corpus('chatterbot').documents, 0.1, seed=0)",
         "batch_size": 16,
         "examples": {
             "fr_train": len(fr_train),
+            "chat_train": len(chat_train_set),
+            "repeats": REPEATS,
             "mixture": len(mixture),
             "fr_test": len(tests["fr"]),
             "chat_test": len(tests["chat"]),

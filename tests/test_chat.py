@@ -18,10 +18,14 @@ from gptlab.chat import (
     conversation_segments,
     end_token_id,
     evaluate_chat,
+    exchange_texts,
     finetune_chat,
     format_conversation,
+    split_conversations,
     tokenize_conversation,
 )
+from gptlab.data import Document, split_documents
+from gptlab.evaluate import contamination
 from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizers import BPETokenizer, CharTokenizer, get_tokenizer
 
@@ -384,3 +388,111 @@ def test_bad_finetune_inputs(bpe):
         collate_chat([], pad_id=0)
     with pytest.raises(TypeError, match="must be a list of turns"):
         ChatDataset(["just a string"], bpe, 64)
+
+
+# --- splitting conversations without leaks ----------------------------------------------------
+
+
+def _doc(topic: str, *turns: str) -> Document:
+    return Document(f"{topic}: {turns[0]}", topic, "\n".join(turns) + "\n", turns)
+
+
+JOKE = "What do you get when you cross a cow and a"
+SPLIT_DOCS = [
+    _doc("misc", "What is AI?", "The science of machines that think."),  # 0
+    _doc("misc", "what is   AI", "the science of machines that think"),  # 1: copy of 0
+    _doc("misc", "What is AI?", "A field of computer science."),  # 2: 0's prompt
+    _doc("misc", "Tell me a joke", f"{JOKE} trampoline? A milkshake."),  # 3
+    _doc("misc", "Another one", f"{JOKE} duck? Milk and quackers."),  # 4: an 8-gram of 3's
+] + [_doc("misc", f"Question {k}?", f"Answer {k}.") for k in range(15)]
+
+
+def test_exchange_texts_pairs_answered_messages_only():
+    assert exchange_texts(["Hi ", "Hello", "Bye?"]) == ["Hi\nHello"]
+    assert exchange_texts(["a", "b", "c", "d"]) == ["a\nb", "c\nd"]
+    with pytest.raises(TypeError, match="got one string"):
+        exchange_texts("Hi")
+
+
+def test_split_conversations_dedups_and_keeps_related_conversations_together():
+    """A plain random split separates a prompt's two answers (and near-copies) for some seed."""
+    order = {id(d): i for i, d in enumerate(SPLIT_DOCS)}
+
+    def position(doc: Document) -> int:
+        return order[id(doc)]
+
+    together_held = 0
+    for seed in range(20):
+        train, held = split_conversations(SPLIT_DOCS, 0.25, seed=seed)
+        assert SPLIT_DOCS[1] not in train + held  # the normalised copy is dropped
+        assert sorted(train + held, key=position) == [d for i, d in enumerate(SPLIT_DOCS) if i != 1]
+        assert train == sorted(train, key=position) and held == sorted(held, key=position)
+        assert len(held) <= 5  # round(0.25 * 19 distinct)
+        for a, b in ((0, 2), (3, 4)):
+            assert (SPLIT_DOCS[a] in held) == (SPLIT_DOCS[b] in held)
+            together_held += SPLIT_DOCS[a] in held
+        sides = [[t for d in side for t in exchange_texts(d.turns)] for side in (train, held)]
+        assert contamination.check_split(*sides).clean
+    assert together_held > 0  # the groups were held out too, always whole
+    separated = 0
+    for seed in range(20):  # what the old split did with the same documents
+        train, held = split_documents(SPLIT_DOCS, 0.25, seed=seed)
+        separated += (SPLIT_DOCS[0] in held) != (SPLIT_DOCS[2] in held)
+    assert separated > 0
+
+
+def test_split_conversations_is_seeded():
+    a = split_conversations(SPLIT_DOCS, 0.25, seed=3)
+    assert split_conversations(SPLIT_DOCS, 0.25, seed=3) == a
+    assert any(split_conversations(SPLIT_DOCS, 0.25, seed=s) != a for s in range(4, 8))
+
+
+def test_split_by_topic_holds_out_whole_topics():
+    docs = [
+        _doc(f"t{t}", f"Topic {t} question {k}?", f"Reply {t}.{k}")
+        for t in range(5)
+        for k in range(4)
+    ]
+    docs.append(_doc("t4", "Topic 0 question 0?", "Another reply."))  # links t4 to t0
+    for seed in range(10):
+        train, held = split_conversations(docs, 0.25, seed=seed, by="topic")
+        held_topics = {d.genre for d in held}
+        assert held_topics and not held_topics & {d.genre for d in train}
+        assert held_topics in ({"t1"}, {"t2"}, {"t3"})  # t0 + t4 (9) is too big for 5
+        assert len(held) == 4
+
+
+def test_split_conversations_runs_the_contamination_check(monkeypatch):
+    seen = {}
+
+    def refuse(train, heldout, n=8, max_fraction=0.0):
+        seen.update(train=train, heldout=heldout, n=n)
+        raise contamination.ContaminationError("leak", contamination.find_overlap(train, heldout))
+
+    monkeypatch.setattr(contamination, "check_split", refuse)
+    with pytest.raises(contamination.ContaminationError, match="leak"):
+        split_conversations(SPLIT_DOCS, 0.25, seed=0, n=5)
+    assert seen["n"] == 5 and len(seen["train"]) + len(seen["heldout"]) == 19
+    assert all("\n" in text for text in seen["train"] + seen["heldout"])
+
+
+def test_bad_split_inputs():
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\)"):
+        split_conversations(SPLIT_DOCS, 0.0)
+    with pytest.raises(TypeError, match="val_fraction must be a number"):
+        split_conversations(SPLIT_DOCS, "0.1")
+    with pytest.raises(TypeError, match="seed must be an int"):
+        split_conversations(SPLIT_DOCS, 0.1, seed=1.0)
+    with pytest.raises(ValueError, match="by must be 'conversation' or 'topic'"):
+        split_conversations(SPLIT_DOCS, by="random")
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        split_conversations(SPLIT_DOCS, n=0)
+    with pytest.raises(TypeError, match="list of dialogue documents"):
+        split_conversations("chatterbot")
+    with pytest.raises(TypeError, match=r"documents\[0\] must be a gptlab.data.Document"):
+        split_conversations([["Hi", "Hello"], ["Bye", "Bye"]])
+    with pytest.raises(ValueError, match="at least 2 conversations"):
+        split_conversations(SPLIT_DOCS[:1])
+    one_group = [_doc("misc", "Hi", "Hello"), _doc("misc", "hi!", "Hey")]
+    with pytest.raises(ValueError, match="leaves one side empty"):
+        split_conversations(one_group, 0.5)
