@@ -533,6 +533,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     serve.set_defaults(func=run_serve)
 
+    chat = commands.add_parser(
+        "chat",
+        help="chat with a model in the terminal (streamed; /reset, /system TEXT, /quit)",
+        description=(
+            "Chat with a model in the terminal. The reply streams as it is written; the "
+            "history is kept inside the context window (the oldest exchanges are dropped, with "
+            "a notice). Commands: /reset, /system TEXT, /quit."
+        ),
+    )
+    chat.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        metavar="NAME|DIR",
+        help="'smollm2-135m-instruct' (default), 'reference' or a checkpoint folder",
+    )
+    chat.add_argument("--system", default=None, metavar="TEXT", help="the system prompt")
+    chat.add_argument("--max-new-tokens", type=_max_new_tokens, default=256, metavar="N")
+    chat.add_argument(
+        "--temperature", type=_non_negative_float, default=0.0, help="0 (default) is greedy"
+    )
+    chat.add_argument("--seed", type=_seed, default=0)
+    chat.set_defaults(func=_cmd_chat)
+
     ev = commands.add_parser(
         "eval",
         help="evaluate a model on a suite and write a JSON + Markdown report card",
@@ -578,6 +601,23 @@ def _load_named_model(spec: str) -> tuple[Any, Any]:
             "meta.json; pass one of those names or the out_dir of a 'gptlab train' run"
         )
     return load_model(path).eval(), load_tokenizer(path)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from gptlab.serve.backend import load_backend
+    from gptlab.serve.terminal import TerminalChat
+
+    backend = load_backend(args.model)
+    session = TerminalChat(
+        backend,
+        system=args.system,
+        max_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    print(f"chatting with {backend.model_id}; /reset, /system TEXT, /quit", file=sys.stderr)
+    session.run()
+    return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

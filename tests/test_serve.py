@@ -747,3 +747,35 @@ def test_chatml_template_equals_render_chatml_and_keeps_typed_markers_plain() ->
         template.encode([Message("user", "Hi"), Message("assistant", "Hello")])
     with pytest.raises(ValueError, match="no ChatML markers"):
         ChatMLTemplate(BPETokenizer.train(text, 270))
+
+
+def test_terminal_chat_streams_keeps_history_in_the_window_and_obeys_commands(backend) -> None:
+    """`gptlab chat`: replies equal the backend's, old exchanges are dropped with a notice."""
+    from gptlab.serve.terminal import TerminalChat
+
+    out: list[str] = []
+    chat = TerminalChat(backend, max_tokens=40, write=out.append)
+    lines = iter(["Hello", "How are you?", "/system Be brief.", "/bogus", "Hi", "/reset", "/quit"])
+    assert chat.run(lambda _: next(lines)) == 3
+    printed = "".join(out)
+    assert "[system prompt set to 'Be brief.'; conversation cleared]" in printed
+    assert "unknown command '/bogus'" in printed and "[conversation cleared]" in printed
+    assert chat.history == [] and chat.system == "Be brief."
+    # the streamed reply is exactly the backend's non-streamed reply for the same prompt
+    fresh = TerminalChat(backend, max_tokens=40, write=lambda _: None)
+    prompt = fresh.prompt("Hello")
+    deltas = backend.stream(prompt, fresh.params, lambda: False)
+    assert fresh.send("Hello") == "".join(d.text for d in deltas)
+    # a window of 128 tokens with 100 kept for the reply holds only the newest exchange
+    small = TerminalChat(backend, max_tokens=100, write=out.append)
+    for message in ["one two three", "four five six", "seven eight nine"]:
+        small.send(message)
+    assert len(small.history) <= 2 and "dropped the oldest" in "".join(out)
+    with pytest.raises(ValueError, match="shorten it"):
+        small.prompt("word " * 60)
+    with pytest.raises(ValueError, match="leaves no room"):
+        TerminalChat(backend, max_tokens=128)
+    def end_of_input(_: str) -> str:
+        raise EOFError
+
+    assert TerminalChat(backend, max_tokens=8, write=lambda _: None).run(end_of_input) == 0
