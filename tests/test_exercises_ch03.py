@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from gptlab.exercises import check
 from gptlab.exercises.ch03 import expected_initial_loss, gpt_parameter_count
+from gptlab.model import GPT, GPTConfig
 
 
 def _verdict(exercise_id, answer, capsys):
@@ -261,3 +263,68 @@ def test_3_5_accepts_formula_and_simulation(capsys):
 def test_3_5_rejects_wrong_estimates(wrong, hint, capsys):
     ok, out = _verdict("3.5", wrong, capsys)
     assert not ok and hint in out
+
+
+# --- 3.6 a model without positions ------------------------------------------------------------
+
+
+def _nope_copy(model):
+    nope = copy.deepcopy(model)
+    with torch.no_grad():
+        nope.transformer.wpe.weight.zero_()
+    return nope
+
+
+def prefix_order_effect(model, idx, perm, *, zero=True, keep_last=True, last_only=True):
+    nope = _nope_copy(model) if zero else model
+    moved = torch.cat([idx[:, :-1][:, perm], idx[:, -1:]], dim=1) if keep_last else idx[:, perm]
+    with torch.no_grad():
+        a, b = nope(idx)[0], nope(moved)[0]
+    if last_only:
+        a, b = a[0, -1], b[0, -1]
+    elif not keep_last:
+        a = a[:, :-1]
+    return (a - b).abs().max().item()
+
+
+def test_nope_claim_one_layer_ignores_the_prefix_order_two_layers_do_not():
+    """The fact exercise 3.6 rests on, checked numerically on gptlab's GPT in float64."""
+    torch.manual_seed(0)
+    idx, perm = torch.randint(50, (1, 10)), torch.randperm(9)
+    effects = {}
+    for n_layer in (1, 2, 3):
+        cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=n_layer, n_head=2, n_embd=16)
+        effects[n_layer] = prefix_order_effect(GPT(cfg).double().eval(), idx, perm)
+    assert effects[1] < 1e-12
+    assert effects[2] > 1e-5 and effects[3] > 1e-5
+
+
+def test_3_6_accepts_the_experiment_and_leaves_the_model_alone(capsys):
+    ok, out = _verdict("3.6", prefix_order_effect, capsys)
+    assert ok and "correct" in out
+
+
+def test_3_6_rejects_common_mistakes(capsys):
+    def in_place(model, idx, perm):
+        with torch.no_grad():
+            model.transformer.wpe.weight.zero_()
+        return prefix_order_effect(model, idx, perm)
+
+    def on_probabilities(model, idx, perm):
+        nope, moved = _nope_copy(model), torch.cat([idx[:, :-1][:, perm], idx[:, -1:]], dim=1)
+        with torch.no_grad():
+            a, b = (torch.softmax(nope(x)[0][0, -1], dim=-1) for x in (idx, moved))
+        return (a - b).abs().max().item()
+
+    cases = [
+        (in_place, "changed the caller's model"),
+        (on_probabilities, "not the probabilities"),
+        (lambda m, i, p: prefix_order_effect(m, i, p, zero=False), "WITH its position embeddings"),
+        (lambda m, i, p: prefix_order_effect(m, i, p, keep_last=False), "drops the last token"),
+        (lambda m, i, p: prefix_order_effect(m, i, p, last_only=False), "compared every position"),
+        (lambda m, i, p: 2 * prefix_order_effect(m, i, p) + 1e-3, "expected a largest change"),
+        (lambda m, i, p: "small", "should return a float"),
+    ]
+    for wrong, hint in cases:
+        ok, out = _verdict("3.6", wrong, capsys)
+        assert not ok and hint in out, (hint, out)

@@ -1,13 +1,19 @@
-"""Each chapter-5 checker accepts a right answer and rejects the usual wrong ones with a useful hint."""
+"""Each chapter-5 checker accepts a right answer and rejects the usual wrong ones with a useful hint.
+
+Exercises 5.1-5.4 were rewritten (issue 12 §3): they used to ask for the temperature softmax, the
+top-k and top-p filters and the repetition penalty the chapter had just written out.
+"""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from gptlab.exercises import NotSolved, ch05, check, registered
 from gptlab.model import GPT, GPTConfig
-from gptlab.sampling import generate
+from gptlab.sampling import apply_repetition_penalty, generate
 
 
 def _hint(checker, answer) -> str | None:
@@ -25,10 +31,9 @@ def test_all_chapter_5_exercises_are_registered():
 
 def test_checkers_reject_non_callables_and_stubs(capsys):
     for checker in (
-        ch05.check_temperature_softmax,
-        ch05.check_top_k,
-        ch05.check_top_p,
-        ch05.check_repetition_penalty,
+        ch05.check_temperature_for_entropy,
+        ch05.check_sampler_test,
+        ch05.check_minimum_penalty,
         ch05.check_generation_flops,
     ):
         assert "pass your function itself" in _hint(checker, torch.zeros(3))
@@ -36,145 +41,212 @@ def test_checkers_reject_non_callables_and_stubs(capsys):
     def stub(*args):
         raise NotImplementedError
 
-    assert check("5.1", stub) is False
-    assert "NotImplementedError" in capsys.readouterr().out
+    for exercise_id in ("5.1", "5.3", "5.4", "5.5"):
+        assert check(exercise_id, stub) is False
+        assert "NotImplementedError" in capsys.readouterr().out
 
 
-# 5.1 temperature softmax ---------------------------------------------------------------------
+# 5.1 the temperature for a given entropy ---------------------------------------------------------
 
 
-def test_temperature_softmax_accepts_right_answers(capsys):
-    assert check("5.1", lambda z, T: torch.softmax(z / T, dim=-1)) is True
+def temperature_for(logits, bits, *, log=torch.log2, invert=False, safe=True):
+    """Bisection on log τ: the entropy grows with τ from log2(#maxima) to log2(#finite logits)."""
+    n = int(torch.isfinite(logits).sum())
+    if not 0 < bits < math.log2(n):
+        raise ValueError(f"{bits} bits is out of reach for {n} finite logits")
+
+    def entropy(tau):
+        p = torch.softmax(logits / tau, dim=-1)
+        terms = torch.special.xlogy(p, p) if safe else p * torch.log(p)
+        return float(-terms.sum() / math.log(2) * (math.log(2) if log is torch.log else 1))
+
+    lo, hi = 1e-4, 1.0
+    while entropy(hi) < bits:
+        hi *= 2
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if entropy(mid) < bits else (lo, mid)
+    return 1 / hi if invert else hi
+
+
+def test_temperature_for_entropy_accepts_bisection(capsys):
+    assert check("5.1", temperature_for) is True
     assert "correct" in capsys.readouterr().out
 
-    def by_hand(z, T):  # the stable formula written out
-        s = z / T
-        e = torch.exp(s - s.max(dim=-1, keepdim=True).values)
-        return e / e.sum(dim=-1, keepdim=True)
 
-    assert _hint(ch05.check_temperature_softmax, by_hand) is None
+def test_entropy_bits_matches_the_definition():
+    z = torch.tensor([1.0, 0.0, float("-inf")], dtype=torch.float64)
+    p = torch.softmax(z, dim=-1)[:2]
+    assert math.isclose(ch05.entropy_bits(z), float(-(p * torch.log2(p)).sum()), rel_tol=1e-12)
+    assert math.isclose(ch05.entropy_bits(torch.zeros(8), 0.3), 3.0, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="tau must be a number > 0"):
+        ch05.entropy_bits(z, 0.0)
 
 
-def test_temperature_softmax_rejects_common_mistakes():
-    def naive(z, T):
-        e = torch.exp(z / T)
-        return e / e.sum(dim=-1, keepdim=True)
+def test_temperature_for_entropy_rejects_common_mistakes():
+    checker = ch05.check_temperature_for_entropy
+    assert "nats" in _hint(checker, lambda z, b: temperature_for(z, b, log=torch.log))
+    assert "1/τ" in _hint(checker, lambda z, b: temperature_for(z, b, invert=True))
 
-    assert "subtract the row maximum" in _hint(ch05.check_temperature_softmax, naive)
-    times = _hint(ch05.check_temperature_softmax, lambda z, T: torch.softmax(z * T, dim=-1))
-    assert "divide the logits" in times
-    after = _hint(ch05.check_temperature_softmax, lambda z, T: torch.softmax(z, dim=-1) / T)
-    assert "BEFORE the softmax" in after
-    dim0 = _hint(ch05.check_temperature_softmax, lambda z, T: torch.softmax(z / T, dim=0))
-    assert "last axis" in dim0
-    assert "shape" in _hint(
-        ch05.check_temperature_softmax, lambda z, T: torch.softmax(z / T, -1)[0]
+    def no_xlogy(z, bits):
+        try:
+            return temperature_for(z, bits, safe=False)
+        except ValueError:
+            raise
+        except Exception:  # a reader's loop that never converges on nan
+            return float("nan")
+
+    assert "xlogy" in _hint(checker, no_xlogy)
+
+    def never_raises(z, bits):
+        try:
+            return temperature_for(z, bits)
+        except ValueError:
+            return 1e6
+
+    assert "Raise ValueError" in _hint(checker, never_raises)
+    assert "bisect" in _hint(checker, lambda z, b: 1.0)
+    assert "finite number > 0" in _hint(checker, lambda z, b: -1.0)
+    assert "float" in _hint(checker, lambda z, b: "hot")
+
+
+# 5.2 where greedy decoding misses the most likely text --------------------------------------------
+
+
+GOOD_FIRST = torch.tensor([0.5, 0.4, 0.1])
+GOOD_TRANSITION = torch.tensor([[0.4, 0.3, 0.3], [0.9, 0.05, 0.05], [1 / 3, 1 / 3, 1 / 3]])
+
+
+def test_counterexample_accepts_a_flat_favourite_and_a_confident_runner_up(capsys):
+    assert check("5.2", (GOOD_FIRST, GOOD_TRANSITION)) is True
+    assert "correct" in capsys.readouterr().out
+
+
+def test_counterexample_rejects_common_mistakes():
+    checker = ch05.check_greedy_counterexample
+    assert "tuple" in _hint(checker, GOOD_FIRST)
+    assert "shape" in _hint(checker, (GOOD_FIRST, GOOD_TRANSITION[:2]))
+    assert "summing to 1" in _hint(checker, (GOOD_FIRST, GOOD_TRANSITION * 2))
+    tie = torch.tensor([0.45, 0.45, 0.1])
+    assert "unique" in _hint(checker, (tie, GOOD_TRANSITION))
+    confident_favourite = torch.tensor([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.2, 0.3, 0.5]])
+    assert "IS the most likely" in _hint(checker, (GOOD_FIRST, confident_favourite))
+    third = torch.tensor([0.4, 0.35, 0.25])
+    transition = torch.tensor([[0.4, 0.3, 0.3], [0.4, 0.3, 0.3], [1.0, 0.0, 0.0]])
+    assert "beam search with 2 beams" in _hint(checker, (third, transition))
+
+
+# 5.3 test that a sampler draws from its distribution ----------------------------------------------
+
+
+def samples_from(sampler, probs, *, n=200_000, tolerance=None):
+    """Accept when every token's frequency lies within 5 standard errors of its probability."""
+    counts = torch.bincount(
+        sampler(probs, n, torch.Generator().manual_seed(0)), minlength=len(probs)
+    )
+    freq = counts.double() / n
+    se = (probs * (1 - probs) / n).sqrt()
+    limit = tolerance if tolerance is not None else 5 * se
+    return bool(((freq - probs).abs() <= limit).all())
+
+
+def test_sampler_test_accepts_a_frequency_test_with_enough_samples(capsys):
+    assert check("5.3", samples_from) is True
+    assert "correct" in capsys.readouterr().out
+
+
+def test_sampler_test_rejects_too_few_samples_too_tight_and_argmax_only():
+    checker = ch05.check_sampler_test
+    few = lambda s, p: samples_from(s, p, n=300, tolerance=0.05)  # noqa: E731
+    assert "least likely token" in _hint(checker, few)
+    assert "rejected torch.multinomial" in _hint(
+        checker, lambda s, p: samples_from(s, p, tolerance=0)
     )
 
+    def top_token_only(sampler, probs):
+        ids = sampler(probs, 1000, torch.Generator().manual_seed(0))
+        return bool(torch.bincount(ids, minlength=len(probs)).argmax() == probs.argmax())
 
-# 5.2 top-k -------------------------------------------------------------------------------------
-
-
-def test_top_k_accepts_right_answers():
-    def by_hand(z, k):
-        kth = torch.topk(z, k, dim=-1).values[:, -1:]
-        return torch.where(z < kth, torch.full_like(z, float("-inf")), z)
-
-    assert _hint(ch05.check_top_k, by_hand) is None
-    assert _hint(ch05.check_top_k, lambda z, k: ch05.top_k_filter(z, k)) is None
+    assert "accepted greedy" in _hint(checker, top_token_only)
+    assert "True or False" in _hint(checker, lambda s, p: "yes")
 
 
-def test_top_k_rejects_common_mistakes():
-    def zeros(z, k):
-        kth = torch.topk(z, k, dim=-1).values[:, -1:]
-        return torch.where(z < kth, torch.zeros_like(z), z)
-
-    assert "-inf, not 0" in _hint(ch05.check_top_k, zeros)
-
-    def one_too_many(z, k):
-        kth = torch.sort(z, dim=-1, descending=True).values[:, min(k, z.shape[-1] - 1) : k + 1]
-        return torch.where(z < kth, torch.full_like(z, float("-inf")), z)
-
-    assert "exactly k" in _hint(ch05.check_top_k, one_too_many)
-
-    def smallest(z, k):
-        kth = torch.topk(-z, k, dim=-1).values[:, -1:]
-        return torch.where(-z < kth, torch.full_like(z, float("-inf")), z)
-
-    assert "LARGEST" in _hint(ch05.check_top_k, smallest)
-
-    def probabilities(z, k):
-        return torch.softmax(ch05.top_k_filter(z, k), dim=-1)
-
-    assert "not probabilities" in _hint(ch05.check_top_k, probabilities)
+# 5.4 the smallest penalty that changes greedy's choice --------------------------------------------
 
 
-# 5.3 top-p -------------------------------------------------------------------------------------
+def min_penalty(logits, previous):
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    seen[previous] = True
+    if seen.all():
+        return math.inf
+    s, u = logits[seen].max().item(), logits[~seen].max().item()
+    if u >= s:
+        return 1.0
+    if s > 0:
+        return s / u if u > 0 else math.inf
+    return u / s if s < 0 else math.inf
 
 
-def _nucleus(z, p, *, crossing=True, back_to_vocab=True):
-    probs = torch.softmax(z, dim=-1)
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-    cum = torch.cumsum(sorted_probs, dim=-1)
-    keep = (cum - sorted_probs < p) if crossing else (cum <= p)
-    if back_to_vocab:
-        keep = torch.zeros_like(keep).scatter(-1, order, keep)
-    return z.masked_fill(~keep, float("-inf"))
+def test_minimum_penalty_is_where_gptlabs_penalty_flips_greedy():
+    """Just above the threshold greedy picks an unseen token, just below it a seen one."""
+    gen = torch.Generator().manual_seed(0)
+    flips = 0
+    for _ in range(200):
+        z = torch.randn(12, generator=gen, dtype=torch.float64) * 2
+        previous = torch.randint(12, (4,), generator=gen)
+        theta = ch05.minimum_penalty(z, previous)
+        seen = torch.zeros(12, dtype=torch.bool)
+        seen[previous] = True
+        for factor, picks_unseen in ((1.0001, True), (0.9999, False)):
+            if not math.isfinite(theta) or (theta == 1.0 and not picks_unseen):
+                continue
+            penalised = apply_repetition_penalty(z[None], previous[None], theta * factor)
+            assert bool(~seen[penalised.argmax()]) is picks_unseen
+            flips += 1
+    assert flips > 100
 
 
-def test_top_p_accepts_right_answers():
-    assert _hint(ch05.check_top_p, _nucleus) is None
-    assert _hint(ch05.check_top_p, lambda z, p: ch05.top_p_filter(z, p)) is None
+def test_minimum_penalty_accepts_the_derivation(capsys):
+    assert check("5.4", min_penalty) is True
+    assert "correct" in capsys.readouterr().out
 
 
-def test_top_p_rejects_common_mistakes():
-    strict = _hint(ch05.check_top_p, lambda z, p: _nucleus(z, p, crossing=False))
-    assert "crosses p" in strict or "every token" in strict
-    unsorted = _hint(ch05.check_top_p, lambda z, p: _nucleus(z, p, back_to_vocab=False))
-    assert "vocabulary order" in unsorted
-    assert "-inf, not 0" in _hint(
-        ch05.check_top_p, lambda z, p: torch.nan_to_num(_nucleus(z, p), neginf=0.0)
-    )
-    assert "unchanged" in _hint(ch05.check_top_p, lambda z, p: _nucleus(z, p) * 2)
-    assert "nucleus has" in _hint(ch05.check_top_p, lambda z, p: ch05.top_k_filter(z, 2))
+def test_minimum_penalty_rejects_common_mistakes():
+    checker = ch05.check_minimum_penalty
+
+    def runner_up_overall(z, previous):
+        s, second = z.topk(2).values.tolist()
+        return (
+            min_penalty(z, previous) if min_penalty(z, previous) in (1.0, math.inf) else s / second
+        )
+
+    def divide_always(z, previous):
+        want = min_penalty(z, previous)
+        s = z[previous].max().item()
+        return 1 / want if s < 0 and math.isfinite(want) and want != 1.0 else want
+
+    def finite_when_impossible(z, previous):
+        want = min_penalty(z, previous)
+        return want if math.isfinite(want) else 1e9
+
+    def always_ratio(z, previous):
+        return abs(z[previous].max().item() / z.topk(2).values[1].item())
+
+    assert "best UNSEEN" in _hint(checker, runner_up_overall)
+    assert "MULTIPLIES" in _hint(checker, divide_always)
+    assert "math.inf" in _hint(checker, finite_when_impossible)
+    penalise_anyway = lambda z, p: 2.0 if min_penalty(z, p) == 1.0 else min_penalty(z, p)  # noqa: E731
+    assert "already picks an unseen" in _hint(checker, penalise_anyway)
+    assert "expected" in _hint(checker, lambda z, p: min_penalty(z, p) * 1.1)
+    assert "float" in _hint(checker, lambda z, p: None)
+    assert _hint(checker, always_ratio) is not None
 
 
-# 5.4 repetition penalty ---------------------------------------------------------------------------
-
-
-def test_repetition_penalty_accepts_right_answers():
-    def by_hand(z, previous, penalty):
-        z = z.clone()
-        for b in range(z.shape[0]):
-            for i in set(previous[b].tolist()):
-                z[b, i] = z[b, i] / penalty if z[b, i] > 0 else z[b, i] * penalty
-        return z
-
-    assert _hint(ch05.check_repetition_penalty, by_hand) is None
-    assert _hint(ch05.check_repetition_penalty, ch05.apply_repetition_penalty) is None
-
-
-def test_repetition_penalty_rejects_common_mistakes():
-    def divide_all(z, previous, penalty):
-        return z.scatter(1, previous, z.gather(1, previous) / penalty)
-
-    assert "NEGATIVE" in _hint(ch05.check_repetition_penalty, divide_all)
-
-    def every_occurrence(z, previous, penalty):
-        z = z.clone()
-        for b in range(z.shape[0]):
-            for i in previous[b].tolist():  # a repeated token is penalised again and again
-                z[b, i] = z[b, i] / penalty if z[b, i] > 0 else z[b, i] * penalty
-        return z
-
-    assert "once per distinct token" in _hint(ch05.check_repetition_penalty, every_occurrence)
-    unchanged = _hint(ch05.check_repetition_penalty, lambda z, previous, penalty: z)
-    assert "unchanged" in unchanged
-
-    def whole_batch(z, previous, penalty):  # mixes up rows: row 0 penalised with row 1's tokens
-        return ch05.apply_repetition_penalty(z, previous.flatten()[None].expand(2, -1), penalty)
-
-    assert "same row" in _hint(ch05.check_repetition_penalty, whole_batch)
+def test_minimum_penalty_validates_input():
+    with pytest.raises(ValueError, match="1-D float tensor"):
+        ch05.minimum_penalty(torch.tensor([1, 2]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="token ids"):
+        ch05.minimum_penalty(torch.tensor([1.0, 2.0]), torch.tensor([0.0]))
 
 
 # 5.5 generation FLOPs ---------------------------------------------------------------------------

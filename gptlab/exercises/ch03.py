@@ -7,6 +7,7 @@ names the one the reader made.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "check_is_causal",
     "check_parameter_count",
     "check_post_norm_block",
+    "check_prefix_order_effect",
     "check_rms_norm",
     "expected_initial_loss",
     "gpt_parameter_count",
@@ -286,4 +288,109 @@ def check_initial_loss(answer: Any) -> str | None:
                 "about σ²/2 because E[exp(z)] = exp(σ²/2) for z ~ N(0, σ²)"
             )
         return f"for V={V}, logit_std={sigma} expected about {want:.4f}, got {got:.4f}"
+    return None
+
+
+# --- 3.6 a model without positions ----------------------------------------------------------------
+
+
+def _last_logits(model: nn.Module, idx: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(idx)[0][0, -1]  # (V,)
+
+
+def _permute_prefix(idx: Tensor, perm: Tensor) -> Tensor:
+    return torch.cat([idx[:, :-1][:, perm], idx[:, -1:]], dim=1)  # the last token stays put
+
+
+def _nope(model: nn.Module) -> nn.Module:
+    nope = copy.deepcopy(model)
+    with torch.no_grad():
+        nope.transformer.wpe.weight.zero_()
+    return nope
+
+
+def _order_effect_variants(model: nn.Module, idx: Tensor, perm: Tensor) -> dict[str, float]:
+    """The reference and the usual wrong measurements, by the hint that names each mistake."""
+    nope, moved = _nope(model), _permute_prefix(idx, perm)
+    with torch.no_grad():
+        all_positions = (nope(idx)[0] - nope(moved)[0]).abs().max().item()
+        probs = (
+            (
+                torch.softmax(_last_logits(nope, idx), -1)
+                - torch.softmax(_last_logits(nope, moved), -1)
+            )
+            .abs()
+            .max()
+            .item()
+        )
+        dropped_last = (_last_logits(nope, idx) - nope(idx[:, :-1][:, perm])[0][0, -1]).abs()
+    return {
+        "reference": (_last_logits(nope, idx) - _last_logits(nope, moved)).abs().max().item(),
+        "you measured the model WITH its position embeddings: zero "
+        "model.transformer.wpe.weight in a copy first": (
+            _last_logits(model, idx) - _last_logits(model, moved)
+        )
+        .abs()
+        .max()
+        .item(),
+        "you compared every position; the question is about the LAST position's logits "
+        "(earlier positions see a different prefix, so of course they change)": all_positions,
+        "compare the logits themselves, not the probabilities after a softmax": probs,
+        "idx[:, perm] drops the last token, so you compared two different positions: keep the "
+        "last token in place, torch.cat([idx[:, :-1][:, perm], idx[:, -1:]], dim=1)": dropped_last.max().item(),
+    }
+
+
+@exercise("3.6", "what the order of the prefix changes without positions")
+def check_prefix_order_effect(answer: Any) -> str | None:
+    """``prefix_order_effect(model, idx, perm)``: the largest change of the last position's logits
+    when the first ``T - 1`` tokens are reordered by ``perm``, measured on a copy of ``model``
+    whose position embeddings are zero (NoPE); ``model`` itself must stay unchanged.
+
+    One block of causal attention sees the prefix as a set (the result is 0 up to rounding);
+    from two blocks on, the earlier positions' outputs depend on their own prefixes, and the
+    last logits move.
+    """
+    from gptlab.model import GPT, GPTConfig  # the package's model is the reference
+
+    effect = _callable(answer, "prefix_order_effect", "3.6")
+    V, T = 37, 9
+    with torch.random.fork_rng(devices=[]):  # leave the reader's random state untouched
+        torch.manual_seed(36)
+        models = {
+            n_layer: GPT(
+                GPTConfig(vocab_size=V, block_size=16, n_layer=n_layer, n_head=2, n_embd=16)
+            )
+            .double()
+            .eval()
+            for n_layer in (1, 2)
+        }
+        for m in models.values():  # larger weights than GPT-2's init make the effect plain
+            with torch.no_grad():
+                for p in m.parameters():
+                    if p.dim() == 2:
+                        p.mul_(10)
+        idx = torch.randint(V, (1, T))
+        perm = torch.randperm(T - 1)
+    for n_layer, model in models.items():
+        wpe_before = model.transformer.wpe.weight.detach().clone()
+        got = _number(effect(model, idx.clone(), perm.clone()), "prefix_order_effect", float)
+        if not torch.equal(model.transformer.wpe.weight, wpe_before):
+            return (
+                "your function changed the caller's model (its position embeddings): zero them in "
+                "copy.deepcopy(model), so the experiment leaves the model as it found it"
+            )
+        variants = _order_effect_variants(model, idx, perm)
+        want = variants.pop("reference")
+        if abs(got - want) <= 1e-9 + 1e-6 * abs(want):
+            continue
+        for hint, value in variants.items():
+            if abs(got - value) <= 1e-9 + 1e-6 * abs(value):
+                return f"{n_layer}-layer model: {hint}"
+        return (
+            f"{n_layer}-layer model: expected a largest change of about {want:.3g}, got {got:.3g}; "
+            "return (last logits of idx - last logits of the reordered idx).abs().max() on the "
+            "model without position embeddings"
+        )
     return None

@@ -7,6 +7,8 @@ the hint names the one the reader made.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,15 +16,16 @@ from torch import Tensor
 
 from gptlab.exercises import NotSolved, exercise
 from gptlab.exercises import require_callable as _callable
-from gptlab.sampling import apply_repetition_penalty, top_k_filter, top_p_filter
 
 __all__ = [
     "check_generation_flops",
-    "check_repetition_penalty",
-    "check_temperature_softmax",
-    "check_top_k",
-    "check_top_p",
+    "check_greedy_counterexample",
+    "check_minimum_penalty",
+    "check_sampler_test",
+    "check_temperature_for_entropy",
+    "entropy_bits",
     "generation_flops",
+    "minimum_penalty",
     "processed_positions",
 ]
 
@@ -59,192 +62,288 @@ def generation_flops(n_params: int, prompt_len: int, new_tokens: int, use_cache:
     return 2 * n_params * processed_positions(prompt_len, new_tokens, use_cache)
 
 
-def _tensor(out: Any, name: str, shape: torch.Size) -> Tensor:
-    if not isinstance(out, Tensor):
-        raise NotSolved(f"{name} should return a torch.Tensor, got {type(out).__name__}")
-    if out.shape != shape:
-        raise NotSolved(
-            f"{name} should keep the shape of the logits {tuple(shape)}, got {tuple(out.shape)}"
-        )
-    return out
+def entropy_bits(logits: Tensor, tau: float = 1.0) -> float:
+    """Entropy in bits of ``softmax(logits / tau)`` for a 1-D tensor; tokens at -inf count 0."""
+    if not isinstance(logits, Tensor) or logits.dim() != 1:
+        raise ValueError("logits must be a 1-D tensor of shape (V,)")
+    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0):
+        raise ValueError(f"tau must be a number > 0, got {tau!r}")
+    p = torch.softmax(logits.double() / tau, dim=-1)
+    return float(-torch.special.xlogy(p, p).sum() / math.log(2))
 
 
-def _same_filter(got: Tensor, want: Tensor) -> bool:
-    """Same kept set (finite entries) and the same values on it."""
-    kept = torch.isfinite(want)
-    if not torch.equal(torch.isfinite(got), kept):
-        return False
-    return torch.allclose(got[kept].double(), want[kept].double(), atol=1e-6, rtol=0)
+def minimum_penalty(logits: Tensor, previous: Tensor) -> float:
+    """The smallest repetition penalty above which greedy decoding picks an unseen token.
+
+    With the Hugging Face rule (positive logits divided by θ, the others multiplied) only the
+    best seen logit ``s`` and the best unseen one ``u`` matter: ``1`` if ``u >= s``; ``s / u`` if
+    ``s > 0`` and ``u > 0``; ``u / s`` if ``s < 0``; ``inf`` if no θ works (``u <= 0 <= s``, or no
+    unseen token is left). At exactly that θ the two tie; any larger θ breaks the tie.
+    """
+    if not isinstance(logits, Tensor) or logits.dim() != 1 or not logits.is_floating_point():
+        raise ValueError("logits must be a 1-D float tensor of shape (V,)")
+    if not isinstance(previous, Tensor) or previous.dim() != 1 or previous.is_floating_point():
+        raise ValueError("previous must be a 1-D tensor of token ids, e.g. torch.tensor([3, 7])")
+    seen = torch.zeros(logits.numel(), dtype=torch.bool)
+    seen[previous] = True
+    if seen.all():
+        return math.inf
+    if not seen.any():
+        return 1.0
+    s, u = logits[seen].max().item(), logits[~seen].max().item()
+    if u >= s:
+        return 1.0
+    if s > 0:
+        return s / u if u > 0 else math.inf
+    return u / s if s < 0 else math.inf
 
 
-def _logits(gen: torch.Generator, *shape: int, scale: float = 2.0) -> Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+def _float(out: Any, name: str) -> float:
+    if isinstance(out, Tensor) and out.numel() == 1:
+        out = out.item()
+    if isinstance(out, bool) or not isinstance(out, (int, float)):
+        raise NotSolved(f"{name} should return a float, got {type(out).__name__}")
+    return float(out)
 
 
-# --- 5.1 temperature softmax ----------------------------------------------------------------------
+# --- 5.1 which temperature gives a given entropy? ------------------------------------------------
 
 
-@exercise("5.1", "softmax with a temperature")
-def check_temperature_softmax(answer: Any) -> str | None:
-    """``temperature_softmax(logits, T)`` must return ``softmax(logits / T)`` over the last axis."""
-    fn = _callable(answer, "temperature_softmax", "5.1")
+@exercise("5.1", "the temperature for a given entropy")
+def check_temperature_for_entropy(answer: Any) -> str | None:
+    """``temperature_for(logits, bits)`` must return τ with ``H(softmax(z / τ))`` within 0.01 bits of
+    ``bits``, and raise ``ValueError`` when no temperature reaches it."""
+    fn = _callable(answer, "temperature_for", "5.1")
     gen = torch.Generator().manual_seed(51)
-    cases = [(_logits(gen, 2, 11), T) for T in (1.0, 0.5, 2.0, 0.1)]
-    cases.append((_logits(gen, 3, 7, scale=40.0), 0.05))  # z / T reaches ~±2000: exp overflows
-    for logits, T in cases:
-        want = torch.softmax(logits / T, dim=-1)
-        got = _tensor(fn(logits.clone(), T), "temperature_softmax", logits.shape).double()
-        if torch.allclose(got, want, atol=1e-6, rtol=0):
+    z = torch.randn(50, generator=gen, dtype=torch.float64) * 3
+    filtered = z.masked_fill(z < z.topk(10).values[-1], float("-inf"))  # after a top-10 filter
+    cases = [(z, 1.0), (z, 3.0), (z, 5.5), (z * 20, 0.3), (filtered, 2.0)]
+    for logits, bits in cases:
+        call = f"for {bits} bits" + (" on logits with -inf entries" if logits is filtered else "")
+        tau = _float(fn(logits.clone(), bits), "temperature_for")
+        if logits is filtered and not (
+            math.isfinite(tau) and tau > 0 and abs(entropy_bits(logits, tau) - bits) <= 0.01
+        ):
+            return (
+                f"{call} your τ = {tau:.4g} is wrong: a filtered token has p = 0, and p · log p "
+                "is then 0 · (-inf) = nan in floating point. Count it as 0: "
+                "torch.special.xlogy(p, p) does"
+            )
+        if not math.isfinite(tau) or tau <= 0:
+            return f"{call} you returned τ = {tau}; a temperature must be a finite number > 0"
+        got = entropy_bits(logits, tau)
+        if abs(got - bits) <= 0.01:
             continue
-        if torch.isnan(got).any() or torch.isinf(got).any():
-            return (
-                "you get nan/inf when logits / T is large: subtract the row maximum before exp "
-                "(or use torch.softmax, which does)"
-            )
-        if torch.allclose(got, torch.softmax(logits * T, dim=-1), atol=1e-6, rtol=0):
-            return "divide the logits by the temperature, do not multiply: p ∝ exp(z / T)"
-        if torch.allclose(got, torch.softmax(logits, dim=-1) / T, atol=1e-6, rtol=0):
-            return (
-                "apply the temperature to the logits BEFORE the softmax, not to the probabilities"
-            )
-        if torch.allclose(got, torch.softmax(logits / T, dim=0), atol=1e-6, rtol=0):
-            return "normalise over the vocabulary, the last axis (dim=-1), not dim=0"
-        if not torch.allclose(got.sum(-1), torch.ones_like(got.sum(-1)), atol=1e-6):
-            return "each row should be a probability distribution that sums to 1"
-        err = (got - want).abs().max().item()
-        return f"at T={T} the probabilities are off by up to {err:.3g}; compute softmax(z / T)"
+        if abs(entropy_bits(logits, tau) * math.log(2) - bits) <= 0.01:
+            return f"{call}: your τ gives {bits} nats, not bits: measure the entropy with log2"
+        if abs(entropy_bits(logits, 1 / tau) - bits) <= 0.01:
+            return f"{call}: you returned 1/τ: the temperature DIVIDES the logits, p ∝ exp(z / τ)"
+        return (
+            f"{call} your τ = {tau:.4g} gives an entropy of {got:.3f} bits. The entropy grows "
+            "steadily with τ (from the argmax's 0 bits to log2 V), so bisect on τ until it is "
+            "within 0.01 bits. If you sum p · log p: a p that underflows to 0 gives "
+            "0 · (-inf) = nan; torch.special.xlogy(p, p) counts it as 0"
+        )
+    n_kept = int(torch.isfinite(filtered).sum())
+    for logits, bits, why in (
+        (z, math.log2(z.numel()) + 0.5, f"above log2 V = {math.log2(z.numel()):.2f} bits"),
+        (filtered, math.log2(n_kept) + 0.1, f"above log2({n_kept}), the tokens left"),
+    ):
+        try:
+            tau = fn(logits.clone(), bits)
+        except ValueError:
+            continue
+        return (
+            f"{bits:.2f} bits is {why}: even τ → ∞ (the uniform distribution over the finite "
+            f"logits) stays below it. Raise ValueError instead of returning {tau!r}"
+        )
     return None
 
 
-# --- 5.2 top-k ------------------------------------------------------------------------------------
+# --- 5.2 where greedy decoding misses the most likely sequence -----------------------------------
 
 
-@exercise("5.2", "a top-k filter")
-def check_top_k(answer: Any) -> str | None:
-    """``top_k(logits, k)`` must keep the ``k`` largest logits per row and set the rest to -inf."""
-    fn = _callable(answer, "top_k", "5.2")
-    gen = torch.Generator().manual_seed(52)
-    for shape, k in (((1, 20), 5), ((3, 17), 1), ((4, 9), 3), ((2, 6), 6)):
-        logits = _logits(gen, *shape)
-        want = top_k_filter(logits, k)
-        got = _tensor(fn(logits.clone(), k), "top_k", logits.shape)
-        if _same_filter(got, want):
-            continue
-        if torch.isfinite(got).all():
-            rows_sum_to_one = torch.allclose(got.double().sum(-1), torch.ones(shape[0]).double())
-            if torch.all(got >= 0) and rows_sum_to_one:
-                return "return filtered LOGITS (with -inf), not probabilities; sample later"
-            if int((got == 0).sum()) >= shape[0] * (shape[1] - k) > 0:
-                return "set the removed logits to -inf, not 0: exp(0) = 1 still gives them mass"
-            return f"with k={k} some logits should be -inf, but none are"
-        n_kept = torch.isfinite(got).sum(-1)
-        if (n_kept == k + 1).all():
-            return f"you keep {k + 1} tokens per row for k={k}: keep exactly k (check < versus <=)"
-        if (n_kept == k - 1).all():
-            return f"you keep {k - 1} tokens per row for k={k}: keep exactly k (check < versus <=)"
-        if not torch.equal(n_kept, torch.full_like(n_kept, k)):
-            return (
-                f"each row should keep exactly k={k} tokens, yours keep {n_kept.tolist()}: find "
-                "the k largest per row (dim=-1), e.g. with torch.topk"
-            )
-        return "you keep k tokens per row, but not the k LARGEST ones, or their values changed"
+def _distribution(t: Any, name: str, shape: tuple[int, ...]) -> Tensor:
+    if not isinstance(t, Tensor) or tuple(t.shape) != shape or not t.is_floating_point():
+        got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise NotSolved(f"{name} must be a float tensor of shape {shape}, got {got}")
+    if (t < 0).any() or not torch.allclose(t.double().sum(-1), torch.ones(shape[:-1]).double()):
+        raise NotSolved(f"{name} must hold probabilities: entries >= 0, each row summing to 1")
+    return t.double()
+
+
+def _unique_argmax(p: Tensor) -> int | None:
+    top = torch.topk(p, 2).values
+    return int(p.argmax()) if top[0] > top[1] else None
+
+
+@exercise("5.2", "a distribution where greedy misses the most likely text")
+def check_greedy_counterexample(answer: Any) -> str | None:
+    """``(first, transition)``: ``first[a]`` = P(token a), ``transition[a, b]`` = P(b | a).
+
+    Greedy decoding (argmax, then argmax) must find a two-token sequence less likely than the best
+    one, ``max first[a] · transition[a, b]``, and beam search with 2 beams must find the best one.
+    """
+    if not (isinstance(answer, tuple) and len(answer) == 2):
+        return "answer with a tuple (first, transition) of two tensors"
+    first, transition = answer
+    if not isinstance(first, Tensor) or first.dim() != 1 or first.numel() < 2:
+        return "first must be a 1-D tensor of V >= 2 probabilities, P(first token = a)"
+    V = first.numel()
+    first = _distribution(first, "first", (V,))
+    transition = _distribution(transition, "transition", (V, V))
+    a = _unique_argmax(first)
+    b = None if a is None else _unique_argmax(transition[a])
+    if a is None or b is None:
+        return "make greedy's choices unique: ties for the most likely token leave it undefined"
+    joint = first[:, None] * transition  # (V, V): P(a, b)
+    best = joint.max()
+    if (joint == best).sum() > 1:
+        return "make the most likely sequence unique: several pairs tie for the top"
+    greedy = joint[a, b]
+    if greedy >= best:
+        return (
+            f"greedy picks ({a}, {b}) with probability {greedy:.3f}, and that IS the most likely "
+            "sequence. Make greedy's first token lead to a flat continuation, and a runner-up "
+            "first token to a confident one"
+        )
+    beams = torch.topk(first, 2).indices
+    if joint[beams].max() < best:
+        rank = int((first > first[int(joint.argmax()) // V]).sum()) + 1
+        return (
+            "greedy misses the best sequence, good; but beam search with 2 beams keeps only the "
+            f"2 most likely first tokens, and the best sequence starts with the {rank}th. Make its "
+            "first token the runner-up"
+        )
     return None
 
 
-# --- 5.3 top-p ------------------------------------------------------------------------------------
+# --- 5.3 test that a sampler draws from the right distribution -----------------------------------
 
 
-@exercise("5.3", "a top-p (nucleus) filter")
-def check_top_p(answer: Any) -> str | None:
-    """``top_p(logits, p)``: keep the fewest most likely tokens whose probabilities reach ``p``."""
-    fn = _callable(answer, "top_p", "5.3")
-    gen = torch.Generator().manual_seed(53)
-    peaked = torch.tensor([[6.0, 1.0, 0.5, 0.0, -1.0, -2.0]], dtype=torch.float64)
-    cases = [(_logits(gen, 1, 12), 0.9), (_logits(gen, 3, 15), 0.5), (peaked, 0.8)]
-    cases += [(_logits(gen, 2, 10, scale=0.3), 0.75), (_logits(gen, 2, 8), 1.0)]
-    for logits, p in cases:
-        want = top_p_filter(logits, p)
-        got = _tensor(fn(logits.clone(), p), "top_p", logits.shape)
-        if _same_filter(got, want):
-            continue
-        if torch.isfinite(got).all() and p < 1:
-            if (got == 0).any():
-                return "set the removed logits to -inf, not 0: exp(0) = 1 still gives them mass"
-            return f"with p={p} some tokens should be removed (-inf), but none are"
-        kept_rows = torch.isfinite(got).sum(-1)
-        if (kept_rows == 0).any():
-            return (
-                "a row lost every token: always keep the most likely one, even when its "
-                "probability alone exceeds p"
-            )
-        probs = torch.softmax(logits, dim=-1)
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        cum = torch.cumsum(sorted_probs, -1)
-        kept = torch.isfinite(got)
-        for inside in (cum <= p, cum < p):  # only the tokens fully inside p
-            if torch.equal(kept, torch.zeros_like(inside).scatter(-1, order, inside)):
+def _samplers() -> list[tuple[str, Callable[..., Tensor], bool, str]]:
+    """Correct and subtly wrong samplers ``(probs, n, generator) -> (n,)`` ids, with the hint."""
+
+    def multinomial(p: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.multinomial(p, n, replacement=True, generator=generator)
+
+    def inverse_cdf(p: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        u = torch.rand(n, generator=generator, dtype=p.dtype)
+        return torch.searchsorted(torch.cumsum(p, 0), u, right=True).clamp_max(p.numel() - 1)
+
+    def reweighted(f: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
+        def sample(p: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+            q = f(p)
+            return multinomial(q / q.sum(), n, generator)
+
+        return sample
+
+    def argmax(p: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return p.argmax().repeat(n)
+
+    def shifted(p: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return (multinomial(p, n, generator) + 1) % p.numel()
+
+    least = "torch.multinomial on probs with the least likely token set to 0"
+    return [
+        ("torch.multinomial (correct)", multinomial, True, ""),
+        ("inverse-CDF sampling (correct)", inverse_cdf, True, ""),
+        ("greedy (always the argmax)", argmax, False, ""),
+        ("a uniform sampler", reweighted(torch.ones_like), False, ""),
+        ("a sampler at temperature 0.5 (probs squared)", reweighted(lambda p: p**2), False, ""),
+        ("a sampler off by one token id", shifted, False, ""),
+        (
+            least,
+            reweighted(lambda p: p.masked_fill(p == p.min(), 0.0)),
+            False,
+            ": that token has probability 0.02, so its count must be measured to well under "
+            "0.02·n; a count's standard error is about sqrt(n·p), so draw enough samples (e.g. "
+            "10⁵) for a 0.02 gap to stand out",
+        ),
+    ]
+
+
+@exercise("5.3", "test that a sampler draws from its distribution")
+def check_sampler_test(answer: Any) -> str | None:
+    """``samples_from(sampler, probs)`` must return True for correct samplers, False for biased ones.
+
+    ``sampler(probs, n, generator)`` returns ``n`` token ids. The biased ones include a sampler that
+    only never draws the least likely token (probability 0.02), which a test with too few samples
+    cannot see.
+    """
+    fn = _callable(answer, "samples_from", "5.3")
+    probs = torch.tensor([0.3, 0.2, 0.15, 0.1, 0.1, 0.08, 0.05, 0.02], dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):  # the reader's test may use the global generator
+        torch.manual_seed(53)
+        for name, sampler, right, extra in _samplers():
+            got = fn(sampler, probs.clone())
+            if isinstance(got, Tensor) and got.numel() == 1:
+                got = bool(got.item())
+            if not isinstance(got, bool):
+                return f"return True or False, got {type(got).__name__}"
+            if got == right:
+                continue
+            if right:
                 return (
-                    "keep the token that crosses p too: the nucleus is the smallest set whose "
-                    "mass is >= p, so test the mass BEFORE each token (cumsum - probs < p)"
+                    f"your test rejected {name}: its threshold is tighter than the sampling noise. "
+                    "With n samples a frequency wanders by about sqrt(p(1 - p) / n)"
                 )
-        want_sorted = torch.isfinite(want).gather(-1, order)  # True for the first n in sorted order
-        if torch.equal(kept, want_sorted):
             return (
-                "your mask is in sorted order: map it back to vocabulary order (scatter it with "
-                "the indices that torch.sort returned)"
+                f"your test accepted {name}{extra or ''}; compare the frequency of EVERY token "
+                "with its probability"
             )
-        if torch.equal(kept, torch.isfinite(want)):
-            return "the kept set is right, but leave the kept logits unchanged"
-        return (
-            f"for p={p} you keep {kept.sum(-1).tolist()} tokens per row, the nucleus has "
-            f"{torch.isfinite(want).sum(-1).tolist()}: sort, add up the probabilities, cut"
-        )
     return None
 
 
-# --- 5.4 repetition penalty -----------------------------------------------------------------------
+# --- 5.4 how large a repetition penalty breaks a loop? -------------------------------------------
 
 
-@exercise("5.4", "the repetition penalty")
-def check_repetition_penalty(answer: Any) -> str | None:
-    """``repetition_penalty(logits, previous, penalty)`` as in CTRL: seen tokens lose, once each."""
-    fn = _callable(answer, "repetition_penalty", "5.4")
+@exercise("5.4", "the smallest penalty that changes greedy's choice")
+def check_minimum_penalty(answer: Any) -> str | None:
+    """``min_penalty(logits, previous)`` must equal :func:`minimum_penalty` (``math.inf`` if none)."""
+    fn = _callable(answer, "min_penalty", "5.4")
     gen = torch.Generator().manual_seed(54)
-    V = 10
-    logits = _logits(gen, 2, V)
-    previous = torch.tensor([[1, 3, 3, 7, 1, 3], [0, 0, 0, 9, 2, 2]])  # (B, T) with repeats
-    for penalty in (1.3, 2.0, 0.8):
-        want = apply_repetition_penalty(logits, previous, penalty)
-        got = _tensor(
-            fn(logits.clone(), previous.clone(), penalty), "repetition_penalty", logits.shape
-        )
-        got = got.double()
-        if torch.allclose(got, want, atol=1e-6, rtol=0):
+    f64 = torch.float64
+    cases = [
+        (torch.tensor([3.0, 2.0, 1.0, -1.0], dtype=f64), [0]),  # 1.5
+        (torch.tensor([3.0, 2.0, 1.0, -1.0], dtype=f64), [0, 1]),  # seen runner-up: 3.0
+        (torch.tensor([-0.5, -2.0, -1.0], dtype=f64), [0]),  # negative logits: 2.0
+        (torch.tensor([1.0, 4.0, 0.5], dtype=f64), [0, 0]),  # greedy already unseen: 1.0
+        (torch.tensor([2.0, -1.0, -3.0], dtype=f64), [0]),  # unseen all negative: inf
+        (torch.tensor([0.0, -1.0], dtype=f64), [0]),  # 0 · θ stays 0: inf
+        (torch.tensor([1.0, 2.0], dtype=f64), [0, 1]),  # nothing unseen: inf
+        (torch.randn(20, generator=gen, dtype=f64) * 2, [4, 9, 9, 13]),
+    ]
+    for logits, prev in cases:
+        previous = torch.tensor(prev)
+        want = minimum_penalty(logits, previous)
+        got = _float(fn(logits.clone(), previous.clone()), "min_penalty")
+        if got == want or (math.isfinite(want) and abs(got - want) <= 1e-6 * want):
             continue
-        if torch.allclose(got, logits, atol=1e-9, rtol=0):
-            return "the logits came back unchanged: lower those of the tokens in `previous`"
-        seen = torch.zeros_like(logits, dtype=torch.bool).scatter(1, previous, True)
-        if not torch.allclose(got[~seen], logits[~seen], atol=1e-9, rtol=0):
-            return "only tokens that appear in `previous` (in the same row) may change"
-        divided = logits.scatter(1, previous, logits.gather(1, previous) / penalty)
-        if torch.allclose(got, divided, atol=1e-6, rtol=0):
+        case = f"logits {[round(x, 3) for x in logits.tolist()]}, previous {prev}"
+        seen = torch.zeros(logits.numel(), dtype=torch.bool)
+        seen[previous] = True
+        if not math.isfinite(want):
             return (
-                "dividing a NEGATIVE logit by the penalty moves it towards 0, i.e. makes the "
-                "token MORE likely: multiply negative logits by the penalty instead"
+                f"{case}: no penalty works, return math.inf: dividing a positive logit never "
+                "takes it below a logit <= 0, multiplying 0 leaves 0, and with every token seen "
+                f"there is nothing else to pick (you returned {got})"
             )
-        counts = torch.zeros_like(logits).scatter_add(
-            1, previous, torch.ones_like(previous).double()
-        )
-        repeated = torch.where(logits > 0, logits / penalty**counts, logits * penalty**counts)
-        if torch.allclose(got, repeated, atol=1e-6, rtol=0):
+        s = logits[seen].max().item()
+        if want == 1.0:
+            return f"{case}: greedy already picks an unseen token, so no penalty is needed: 1.0"
+        second = logits.topk(2).values[1].item()
+        if s > 0 and abs(got - s / second) <= 1e-6 * abs(s / second):
             return (
-                "a token that appears several times was penalised several times: apply the "
-                "penalty once per distinct token (gather the seen logits, then scatter them back)"
+                f"{case}: compare with the best UNSEEN token, not the runner-up overall: a seen "
+                "runner-up is penalised too"
             )
-        return (
-            f"with penalty={penalty} the seen logits are wrong: z / penalty where z > 0, "
-            "z * penalty where z <= 0"
-        )
+        if s < 0 and abs(got - 1 / want) <= 1e-6 / want:
+            return (
+                f"{case}: the best seen logit {s} is negative, so the penalty MULTIPLIES it: "
+                "s · θ < u gives θ > u / s"
+            )
+        return f"{case}: expected {want:.6g}, got {got:.6g}"
     return None
 
 
