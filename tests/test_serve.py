@@ -729,7 +729,7 @@ def test_chatml_template_equals_render_chatml_and_keeps_typed_markers_plain() ->
 
     specials = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
     text = "system user assistant Hello there, how are you? Fine.\n" * 20
-    tok = BPETokenizer.train(text, 300, special_tokens=specials)
+    tok = BPETokenizer.train(text, 290, special_tokens=specials)
     template = ChatMLTemplate(tok, default_system="You are helpful.")
     markers = {"<|im_start|>", "<|im_end|>"}
     for messages in (
@@ -775,6 +775,7 @@ def test_terminal_chat_streams_keeps_history_in_the_window_and_obeys_commands(ba
         small.prompt("word " * 60)
     with pytest.raises(ValueError, match="leaves no room"):
         TerminalChat(backend, max_tokens=128)
+
     def end_of_input(_: str) -> str:
         raise EOFError
 
