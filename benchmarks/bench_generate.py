@@ -20,6 +20,9 @@ from __future__ import annotations
 import argparse
 import pathlib
 import platform
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -159,13 +162,57 @@ def main() -> None:
         f.write(report)
 
 
+def read_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
+    """Bytes per second this process reads from memory: the best of ``repeats`` sums over a
+    float32 array far bigger than any cache. Batch-1 decoding reads every weight once per token,
+    so this is the ceiling on (bytes per token) x (tokens per second) with these threads."""
+    x = torch.ones(nbytes // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best
+
+
+def bytes_per_token(model: torch.nn.Module, prompt_len: int, n: int) -> float:
+    """Bytes one decoding step reads: every weight once (a tied table once), plus the KV cache
+    at its mean length over the ``n`` steps."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    c = model.config
+    mean_len = prompt_len + n / 2
+    kv = 2 * c.n_layer * c.n_kv_head * c.head_dim * mean_len * model.lm_head.weight.element_size()
+    return weights + kv
+
+
+def chat_peak_rss_mib(turns: tuple[str, ...] = ("Hello!", "What is 2 + 2?")) -> float:
+    """Peak resident memory of ``python -m gptlab chat`` (SmolLM2, greedy) over two short turns,
+    measured by the kernel for the child process."""
+    script = "\n".join((*turns, "/quit")) + "\n"
+    subprocess.run(
+        [sys.executable, "-m", "gptlab", "chat", "--max-new-tokens", "32"],
+        input=script,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+
+
 def smollm2_rows(n: int, repeats: int) -> list[str]:
-    """gptlab vs transformers generate on SmolLM2-135M-Instruct, float32 and bfloat16."""
+    """gptlab vs transformers generate on SmolLM2-135M-Instruct, float32 and bfloat16, with the
+    share of the machine's memory bandwidth each reaches, and the chat command's peak memory."""
+    bandwidth = read_bandwidth()
     rows = [
         f"## SmolLM2-135M-Instruct, {n} new tokens after a chat prompt, batch 1",
         "",
-        "| dtype | gptlab tokens/s | transformers tokens/s | gptlab / transformers | same tokens |",
-        "|---|---:|---:|---:|---|",
+        f"Memory read bandwidth measured in the same run ({torch.get_num_threads()} threads, "
+        f"sum over 512 MiB): {bandwidth / 1e9:.1f} GB/s. 'share of bandwidth' = bytes read per "
+        "token (all weights + the KV cache) x tokens/s / that bandwidth.",
+        "",
+        "| dtype | gptlab tokens/s | transformers tokens/s | gptlab / transformers | "
+        "gptlab share of bandwidth | transformers share | same tokens |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for dtype in (torch.float32, torch.bfloat16):
         model, tokenizer = load_pretrained("smollm2-135m-instruct", dtype=dtype)
@@ -194,10 +241,19 @@ def smollm2_rows(n: int, repeats: int) -> list[str]:
         ours(), theirs()  # warm up
         (t_ours, out_ours), (t_hf, out_hf) = best_seconds([ours, theirs], repeats)
         name = str(dtype).removeprefix("torch.")
+        per_token = bytes_per_token(model, prompt.shape[1], n)
         rows.append(
             f"| {name} | {n / t_ours:,.1f} | {n / t_hf:,.1f} | **{t_hf / t_ours:.2f}x** | "
+            f"{per_token * n / t_ours / bandwidth:.0%} | {per_token * n / t_hf / bandwidth:.0%} | "
             f"{torch.equal(out_ours, out_hf)} |"
         )
+        del model, hf
+    rows += [
+        "",
+        f"Peak resident memory of `python -m gptlab chat` (SmolLM2 in float32, two short turns): "
+        f"{chat_peak_rss_mib():,.0f} MiB (the kernel's count, which includes the pages of the "
+        "memory-mapped weights file while it is copied into the model).",
+    ]
     return rows
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import pathlib
 import sys
@@ -320,19 +321,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from gptlab.sampling import decode_stream, generate, stream
-    from gptlab.train import load_model, load_tokenizer
     from gptlab.utils import get_device
 
     if args.stream and args.num_return_sequences != 1:
         raise ConfigError("--stream prints one sequence; use --num-return-sequences 1 with it")
     device = get_device(None if args.device == "auto" else args.device)
-    model = load_model(args.checkpoint, device=device)
-    tokenizer = load_tokenizer(args.checkpoint)
-    prompt = _encode(tokenizer, args.prompt)
-    if not prompt:
-        raise ConfigError("the prompt encodes to no tokens; pass a non-empty --prompt")
+    model, tokenizer, prompt, eos = _generation_inputs(args, device)
     window = model.config.block_size
     if len(prompt) > window:  # the model cannot see further back than its window
+        if args.chat:  # cropping a chat prompt would cut the template's opening markers
+            raise ConfigError(
+                f"the chat prompt is {len(prompt):,} tokens, longer than the model's window of "
+                f"{window:,}; shorten --prompt"
+            )
         print(
             f"gptlab generate: note: the prompt is {len(prompt):,} tokens, longer than the "
             f"model's window; it was cropped to its last {window:,} tokens",
@@ -347,12 +348,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
+        eos_token_id=eos,
         generator=generator,
     )
     if args.stream:
-        sys.stdout.write(tokenizer.decode(prompt))  # encoded text: ends on a whole character
+        if not args.chat:  # a continuation is printed after its prompt; a reply alone
+            sys.stdout.write(tokenizer.decode(prompt))  # encoded text: ends on a whole character
         # Byte-safe: a character split across tokens is printed once its last byte arrives.
         tokens = stream(model, idx, args.max_new_tokens, **options)
+        if eos is not None:
+            tokens = itertools.takewhile(lambda token: token != eos, tokens)
         for piece in decode_stream(tokenizer, tokens):
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -364,8 +369,36 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for i, row in enumerate(out.tolist()):
         if args.num_return_sequences > 1:
             print(f"--- sequence {i + 1} ---")
+        if args.chat:  # the reply only, up to the end-of-turn token
+            row = row[len(prompt) :]
+            row = row[: row.index(eos)] if eos in row else row
         print(tokenizer.decode(row))
     return 0
+
+
+def _generation_inputs(args: argparse.Namespace, device: Any) -> tuple[Any, Any, list[int], Any]:
+    """Model, tokenizer, prompt ids and end-of-reply id (``None``: none) for ``generate``."""
+    from gptlab.serve.backend import Message, load_backend
+
+    if args.checkpoint is not None:
+        from gptlab.train import load_model, load_tokenizer
+
+        if args.chat:
+            raise ConfigError("--chat needs --model (a name or folder with a chat template)")
+        model = load_model(args.checkpoint, device=device)
+        tokenizer = load_tokenizer(args.checkpoint)
+        prompt, eos = _encode(tokenizer, args.prompt), None
+    else:
+        backend = load_backend(args.model, device=str(device))
+        model, tokenizer = backend.model, backend.tokenizer
+        if args.chat:  # one user turn in the model's own template; stop at the end of the turn
+            prompt = backend.encode_chat([Message("user", args.prompt)])
+            eos = backend.stop_token_ids[0]
+        else:
+            prompt, eos = _encode(tokenizer, args.prompt), None
+    if not prompt:
+        raise ConfigError("the prompt encodes to no tokens; pass a non-empty --prompt")
+    return model, tokenizer, prompt, eos
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,13 +487,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser(
         "generate",
-        help="continue a prompt with a trained checkpoint",
-        description="Load a checkpoint written by 'gptlab train' (or gptlab.train.save_checkpoint) and "
-        "continue --prompt, decoding with the tokenizer recorded in the checkpoint.",
+        help="continue a prompt with a named model or a trained checkpoint",
+        description="Continue --prompt with a named model (--model smollm2-135m-instruct, "
+        "--model reference) or a checkpoint written by 'gptlab train', decoding with the model's "
+        "own tokenizer. --chat sends the prompt as one user message in the model's chat template "
+        "and prints the reply.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--checkpoint", metavar="DIR", help="checkpoint directory (a run's out_dir)"
+    )
+    source.add_argument(
+        "--model",
+        metavar="NAME|DIR",
+        help="'smollm2-135m-instruct', 'reference' or a checkpoint folder",
+    )
     gen.add_argument(
-        "--checkpoint", required=True, metavar="DIR", help="checkpoint directory (a run's out_dir)"
+        "--chat",
+        action="store_true",
+        help="wrap the prompt as a user message in the model's chat template; print the reply",
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT", help="the text to continue")
     gen.add_argument(

@@ -102,6 +102,8 @@ def test_generate_help_explains_every_option(capsys):
         "--seed": "reproduce",
         "--stream": "as they are generated",
         "--device": "cpu",
+        "--model": "smollm2-135m-instruct",
+        "--chat": "chat template",
     }
     for option, explanation in options.items():
         assert option in out and explanation in out, option
@@ -475,6 +477,61 @@ def test_eval_and_serve_reject_an_unknown_model_in_one_line(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gptlab eval: error:") and "meta.json" in err[0]
+
+
+def test_generate_with_a_named_model_equals_gptlab_generate(capsys):
+    import torch
+
+    import gptlab
+
+    model, tokenizer = gptlab.load_reference_model()
+    prompt = "ROMEO:"
+    expected = gptlab.generate(model, torch.tensor([tokenizer.encode(prompt)]), 12, temperature=0)
+    assert main(["generate", "--model", "reference", "--prompt", prompt, "--max-new-tokens",
+                 "12", "--temperature", "0"]) == 0  # fmt: skip
+    assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"
+
+
+def test_generate_chat_prints_the_reply_in_the_models_template(capsys):
+    from gptlab.serve.backend import Message, load_backend
+
+    backend = load_backend("reference")
+    prompt = backend.encode_chat([Message("user", "Who art thou?")])
+    end = backend.stop_token_ids[0]
+    ids = gptlab_generate_ids(backend, prompt, 40, end)
+    args = ["generate", "--model", "reference", "--chat", "--prompt", "Who art thou?",
+            "--max-new-tokens", "40", "--temperature", "0"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out == backend.decode(ids) + "\n"
+    assert "Who art thou?" not in out  # the reply only, not the prompt
+    assert main([*args, "--stream"]) == 0  # streaming prints the same reply
+    assert capsys.readouterr().out == out
+
+
+def gptlab_generate_ids(backend, prompt, n, end):
+    """The reply ``gptlab.generate`` gives greedily, cut at the end-of-turn token."""
+    import torch
+
+    import gptlab
+
+    out = gptlab.generate(backend.model, torch.tensor([prompt]), n, temperature=0,
+                          eos_token_id=end)[0, len(prompt):].tolist()  # fmt: skip
+    return out[: out.index(end)] if end in out else out
+
+
+def test_generate_chat_needs_a_model_and_one_source(tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tmp_path), "--chat", "--prompt", "hi"]) == 2
+    assert "--chat needs --model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--checkpoint", "x", "--model", "reference", "--prompt", "hi"])
+    assert "not allowed with" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "hi"])
+    assert "one of the arguments --checkpoint --model is required" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "neither a known name" in err[0]
 
 
 def test_serve_is_a_command(capsys):

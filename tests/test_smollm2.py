@@ -144,3 +144,18 @@ def test_chat_template_matches_the_files_template(models):
             messages, tokenize=False, add_generation_prompt=True
         )
         assert render_chatml(messages) == expected
+
+
+def test_cli_generate_chat_answers_like_the_library(models, capsys):
+    from gptlab.cli import main
+
+    ours, tokenizer, _, _ = models
+    args = ["generate", "--model", "smollm2-135m-instruct", "--chat", "--temperature", "0"]
+    assert main([*args, "--prompt", PROMPTS[0], "--max-new-tokens", "30"]) == 0
+    reply = capsys.readouterr().out.strip()
+    assert reply == "The capital of France is Paris."
+    expected = generate(
+        ours, _prompt(tokenizer, PROMPTS[0]), 30, temperature=0, eos_token_id=IM_END
+    )
+    ids = expected[0, _prompt(tokenizer, PROMPTS[0]).shape[1] :].tolist()
+    assert reply == tokenizer.decode(ids[: ids.index(IM_END)] if IM_END in ids else ids).strip()
