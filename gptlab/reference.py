@@ -17,13 +17,14 @@ re-runs its first steps and checks they reproduce the losses the manifest record
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import pathlib
 from typing import Any
 
 import torch
+
+from gptlab.utils import sha256_file  # re-exported: recipes and tests use it from here
 
 __all__ = [
     "REFERENCE_DIR",
@@ -48,15 +49,6 @@ _FIX = (
 
 class ReferenceModelError(RuntimeError):
     """The shipped reference files are missing, unreadable or do not match their sha256."""
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _resolve(directory: str | os.PathLike[str] | None) -> pathlib.Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pathlib
 import random
@@ -99,3 +100,13 @@ def cache_dir() -> pathlib.Path:
     path = pathlib.Path(root).expanduser() if root else pathlib.Path.home() / ".cache" / "gptlab"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (checkpoints, caches and shipped assets are
+    verified against it before they are used)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

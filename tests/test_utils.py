@@ -86,3 +86,17 @@ def test_public_api_names_resolve():
     assert gptlab.seed_everything is seed_everything
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         gptlab.nope  # noqa: B018
+
+
+def test_sha256_file_equals_hashlib_across_chunk_boundaries(tmp_path):
+    import hashlib
+
+    from gptlab.reference import sha256_file as reexported
+    from gptlab.utils import sha256_file
+
+    data = bytes(range(256)) * 8193  # a little over 2 MiB: three 1 MiB reads
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest() == reexported(str(path))
+    (tmp_path / "empty").write_bytes(b"")
+    assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
