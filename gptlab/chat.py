@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gptlab.model import GPT
 from gptlab.sampling import generate
+from gptlab.tokenizers import encode_plain
 from gptlab.train import History, clip_gradients, configure_optimizer, lr_at
 
 __all__ = [
@@ -170,13 +171,6 @@ def end_token_id(tokenizer: Any) -> int:
     return int(ids[0])
 
 
-def _encode_plain(tokenizer: Any, text: str) -> list[int]:
-    """Encode ``text`` with special tokens disabled: a typed ``<|endoftext|>`` stays plain text."""
-    if hasattr(tokenizer, "encode_ordinary"):  # tiktoken
-        return list(tokenizer.encode_ordinary(text))
-    return list(tokenizer.encode(text, allowed_special="none"))
-
-
 # --------------------------------------------------------------------------------------------
 # The format
 # --------------------------------------------------------------------------------------------
@@ -224,7 +218,7 @@ def _encode_segments(pieces: list[ChatTurn], tokenizer: Any) -> tuple[list[int],
     ids: list[int] = []
     is_response: list[bool] = []
     for piece in pieces:
-        piece_ids = [eos] if piece.text == END_OF_TEXT else _encode_plain(tokenizer, piece.text)
+        piece_ids = [eos] if piece.text == END_OF_TEXT else encode_plain(tokenizer, piece.text)
         ids += piece_ids
         is_response += [piece.is_response] * len(piece_ids)
     return ids, is_response

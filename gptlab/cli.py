@@ -168,13 +168,6 @@ def _load_tokenizer(spec: str, text: str | None) -> Any:
     return tokenizers.BPETokenizer.load(path)
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    """Encode training text; special-token strings inside it are plain text, not control tokens."""
-    if hasattr(tokenizer, "encode_ordinary"):  # tiktoken
-        return tokenizer.encode_ordinary(text)
-    return tokenizer.encode(text)
-
-
 def _vocab_size(tokenizer: Any) -> int:
     return int(tokenizer.n_vocab if hasattr(tokenizer, "n_vocab") else tokenizer.vocab_size)
 
@@ -209,12 +202,13 @@ def build_run(run: RunConfig, *, seed_model: bool = True) -> Run:
 
     from gptlab.data import train_val_split
     from gptlab.model import GPT, GPTConfig
+    from gptlab.tokenizers import encode_plain
     from gptlab.train import TrainConfig
     from gptlab.utils import seed_everything
 
     text = _read_text(run.data)
     tokenizer = _load_tokenizer(run.data.tokenizer, text)
-    ids = torch.tensor(_encode(tokenizer, text), dtype=torch.long)
+    ids = torch.tensor(encode_plain(tokenizer, text), dtype=torch.long)
     train_ids, val_ids = train_val_split(ids, run.data.val_fraction)
 
     fields = dict(run.model)
@@ -240,8 +234,9 @@ def _sample_fn(run: RunConfig, tokenizer: Any) -> Any:
     import torch
 
     from gptlab.sampling import generate
+    from gptlab.tokenizers import encode_plain
 
-    prompt = _encode(tokenizer, run.sample.prompt)
+    prompt = encode_plain(tokenizer, run.sample.prompt)
 
     def sample(model: Any, step: int) -> str:
         device = next(model.parameters()).device
@@ -379,6 +374,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _generation_inputs(args: argparse.Namespace, device: Any) -> tuple[Any, Any, list[int], Any]:
     """Model, tokenizer, prompt ids and end-of-reply id (``None``: none) for ``generate``."""
     from gptlab.serve.backend import Message, load_backend
+    from gptlab.tokenizers import encode_plain
 
     if args.checkpoint is not None:
         from gptlab.train import load_model, load_tokenizer
@@ -387,7 +383,7 @@ def _generation_inputs(args: argparse.Namespace, device: Any) -> tuple[Any, Any,
             raise ConfigError("--chat needs --model (a name or folder with a chat template)")
         model = load_model(args.checkpoint, device=device)
         tokenizer = load_tokenizer(args.checkpoint)
-        prompt, eos = _encode(tokenizer, args.prompt), None
+        prompt, eos = encode_plain(tokenizer, args.prompt), None
     else:
         backend = load_backend(args.model, device=str(device))
         model, tokenizer = backend.model, backend.tokenizer
@@ -395,7 +391,7 @@ def _generation_inputs(args: argparse.Namespace, device: Any) -> tuple[Any, Any,
             prompt = backend.encode_chat([Message("user", args.prompt)])
             eos = backend.stop_token_ids[0]
         else:
-            prompt, eos = _encode(tokenizer, args.prompt), None
+            prompt, eos = encode_plain(tokenizer, args.prompt), None
     if not prompt:
         raise ConfigError("the prompt encodes to no tokens; pass a non-empty --prompt")
     return model, tokenizer, prompt, eos

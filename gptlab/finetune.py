@@ -21,6 +21,7 @@ test set must not be "recognised" from other passages of *Hamlet* seen in traini
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gptlab.data import Document, split_documents
 from gptlab.model import GPT
+from gptlab.tokenizers import encode_plain
 from gptlab.train import clip_gradients, configure_optimizer
 from gptlab.utils import seed_everything
 
@@ -355,7 +357,7 @@ def _passage_from(text: str, start: int, tokenizer: Any, passage_tokens: int) ->
     """Encode text from ``start`` until it yields ``passage_tokens`` tokens (or the text ends)."""
     n_chars = 8 * passage_tokens  # a BPE token is rarely longer than 8 characters
     while True:
-        encode = getattr(tokenizer, "encode_ordinary", tokenizer.encode)  # specials stay text
+        encode = functools.partial(encode_plain, tokenizer)  # specials stay text
         ids = list(encode(text[start : start + n_chars]))
         if len(ids) > passage_tokens or start + n_chars >= len(text):
             return ids[:passage_tokens]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from gptlab.model import GPT
+from gptlab.tokenizers import encode_plain
 
 __all__ = [
     "RecallResult",
@@ -261,7 +262,7 @@ def _single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     for word in words:
         if not isinstance(word, str):
             raise TypeError(f"words must be strings, got {word!r}")
-        pieces = getattr(tokenizer, "encode_ordinary", tokenizer.encode)(word)  # specials: text
+        pieces = encode_plain(tokenizer, word)  # specials: text
         if len(pieces) != 1:
             shown = [tokenizer.decode([p]) for p in pieces]
             raise ValueError(
@@ -294,7 +295,7 @@ def next_word_probs(
     for prompt in prompts:
         if not isinstance(prompt, str) or not prompt:
             raise ValueError(f"each prompt must be a non-empty string, got {prompt!r}")
-        ids = getattr(tokenizer, "encode_ordinary", tokenizer.encode)(prompt)  # specials: text
+        ids = encode_plain(tokenizer, prompt)  # specials: text
         ids = ids[-model.config.block_size :]
         logits = model.next_token_logits(torch.tensor([ids], device=device))  # (1, V)
         rows.append(torch.softmax(logits[0].float(), dim=-1)[word_ids.to(device)].cpu())

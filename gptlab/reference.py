@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from gptlab.tokenizers import encode_plain
 from gptlab.utils import sha256_file  # re-exported: recipes and tests use it from here
 
 __all__ = [
@@ -144,7 +145,7 @@ def _split_ids(root: str, tokenizer_sha: str) -> tuple[torch.Tensor, torch.Tenso
     data = manifest["data"]
     tokenizer = load_reference_tokenizer(root)
     text = load_corpus(data["corpus"]).text
-    encode = getattr(tokenizer, "encode_ordinary", tokenizer.encode)  # specials stay text
+    encode = functools.partial(encode_plain, tokenizer)  # specials stay text
     ids = torch.tensor(encode(text), dtype=torch.long)
     return train_val_split(ids, data["val_fraction"])
 

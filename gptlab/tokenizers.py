@@ -47,6 +47,7 @@ __all__ = [
     "BPETokenizer",
     "CharTokenizer",
     "TokenizerFileError",
+    "encode_plain",
     "get_tokenizer",
 ]
 
@@ -961,3 +962,23 @@ def _gpt2_encoding() -> tiktoken.Encoding:
         special_tokens={ENDOFTEXT: _GPT2_N_RANKS},
         explicit_n_vocab=_GPT2_N_RANKS + 1,
     )
+
+
+def encode_plain(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` in which special-token strings are plain text.
+
+    User text (prompts, corpora, evaluation items) must never turn a typed ``<|endoftext|>`` or
+    ``<|im_start|>`` into the control token: that would let a prompt end a document or open a
+    chat turn. gptlab's tokenizers and tiktoken's encodings all have ``encode_ordinary``; any
+    other tokenizer is asked for ``encode(text)``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    encode = getattr(tokenizer, "encode_ordinary", None)
+    if encode is None:
+        encode = getattr(tokenizer, "encode", None)
+    if not callable(encode):
+        raise TypeError(
+            f"tokenizer must have encode_ordinary or encode, got {type(tokenizer).__name__}"
+        )
+    return list(encode(text))

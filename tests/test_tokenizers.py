@@ -648,3 +648,27 @@ def test_loading_a_directory_says_which_file_to_pass(tmp_path):
     for load in (BPETokenizer.load, CharTokenizer.load, BPETokenizer.from_tiktoken_file):
         with pytest.raises(TokenizerFileError, match="is a directory.*pass the path of the file"):
             load(tmp_path)
+
+
+def test_encode_plain_keeps_typed_special_tokens_as_text():
+    from gptlab.tokenizers import encode_plain
+
+    gpt2 = get_tokenizer("gpt2")
+    text = "a <|endoftext|> b"
+    assert encode_plain(gpt2, text) == gpt2.encode_ordinary(text)
+    assert 50256 not in encode_plain(gpt2, text)  # the typed marker is not the control token
+    bpe = BPETokenizer.train("hello world " * 50, vocab_size=265, special_tokens=["<|endoftext|>"])
+    eot = bpe.special_tokens["<|endoftext|>"]
+    assert eot not in encode_plain(bpe, text) and bpe.decode(encode_plain(bpe, text)) == text
+    char = CharTokenizer.from_text("ab <|>")
+    assert char.decode(encode_plain(char, "a <|> b")) == "a <|> b"
+
+    class OnlyEncode:  # any other tokenizer: its encode
+        def encode(self, s):
+            return [ord(c) for c in s]
+
+    assert encode_plain(OnlyEncode(), "hi") == [104, 105]
+    with pytest.raises(TypeError, match="text must be a string"):
+        encode_plain(gpt2, b"bytes")
+    with pytest.raises(TypeError, match="encode_ordinary or encode"):
+        encode_plain(object(), "hi")

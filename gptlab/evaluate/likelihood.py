@@ -28,6 +28,7 @@ from gptlab.evaluate._checks import (
     model_device,
     token_bytes,
 )
+from gptlab.tokenizers import encode_plain
 
 __all__ = [
     "Likelihood",
@@ -194,7 +195,7 @@ def text_likelihood(
         check_int(bos_id, "bos_id", 0)
     sequences, sizes = [], []
     for text in texts:
-        ids = list(getattr(tokenizer, "encode_ordinary", tokenizer.encode)(text))
+        ids = encode_plain(tokenizer, text)
         n_bytes = len(text.encode("utf-8"))
         if bos_id is None:
             n_bytes -= token_bytes(tokenizer, ids[:1])

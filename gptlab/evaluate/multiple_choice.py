@@ -13,6 +13,7 @@ its scores.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from gptlab.evaluate._checks import check_int, check_model, check_tokenizer, model_device
+from gptlab.tokenizers import encode_plain
 
 __all__ = [
     "NORMALIZATIONS",
@@ -144,7 +146,7 @@ def score_options(
     items = _check_items(items)
     check_int(batch_size, "batch_size")
     block = model.config.block_size
-    encode = getattr(tokenizer, "encode_ordinary", tokenizer.encode)  # typed text stays text
+    encode = functools.partial(encode_plain, tokenizer)  # typed text stays text
     rows = []  # (item, option, ids, number of option tokens, option bytes)
     for i, item in enumerate(items):
         context = list(encode(item.context))

@@ -24,6 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from gptlab.tokenizers import encode_plain
+
 __all__ = [
     "MAX_STOP_STRINGS",
     "ROLES",
@@ -336,13 +338,6 @@ def _longest_stop_prefix(text: str, stops: Sequence[str]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _encode_plain(tokenizer: Any, text: str) -> list[int]:
-    """Encode ``text`` with special tokens as plain text, so a prompt cannot inject them."""
-    if hasattr(tokenizer, "encode_ordinary"):  # tiktoken
-        return list(tokenizer.encode_ordinary(text))
-    return list(tokenizer.encode(text, allowed_special="none"))
-
-
 class ModelBackend:
     """A :class:`Backend` for any model with gptlab's generation interface.
 
@@ -399,7 +394,7 @@ class ModelBackend:
         """Prompt ids of ``text``; an empty text starts a fresh document (the first stop id)."""
         if not isinstance(text, str):
             raise TypeError(f"prompt must be a string, got {type(text).__name__}")
-        return _encode_plain(self.tokenizer, text) or [self.stop_token_ids[0]]
+        return encode_plain(self.tokenizer, text) or [self.stop_token_ids[0]]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``."""
