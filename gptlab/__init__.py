@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "CharTokenizer": "gptlab.tokenizers",
     "BPETokenizer": "gptlab.tokenizers",
     "get_tokenizer": "gptlab.tokenizers",
+    "encode_plain": "gptlab.tokenizers",
     # data
     "load_corpus": "gptlab.data",
     "get_batch": "gptlab.data",
@@ -38,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     # sampling / training / weights
     "generate": "gptlab.sampling",
     "stream": "gptlab.sampling",
+    "beam_search": "gptlab.beam",
     "stream_text": "gptlab.sampling",
     "decode_stream": "gptlab.sampling",
     "TrainConfig": "gptlab.train",
