@@ -21,6 +21,10 @@ into a continuation, plus a measurement that says how well the continuation does
 * **Longer runs.** :func:`load_code_model` loads the code model ``recipes/code_model.py`` trains
   on the standard library (:func:`stdlib_code_split`); :func:`load_result` reads the
   measurements other recipes ship instead of weights.
+* **Code from a chat model.** An instruction-tuned model such as SmolLM2 answers in its chat
+  template: :func:`chat_code_prompt` asks for a benchmark problem's function and opens a code
+  block in the reply, :func:`chat_function` takes the code up to the closing fence, and
+  :func:`evaluate_chat_code` runs it against each problem's hidden tests.
 * :func:`format_table` prints result and error tables whose columns stay aligned with Chinese
   text in them.
 """
@@ -46,7 +50,11 @@ import torch
 
 __all__ = [
     "CODE_MODEL_DIR",
+    "CODE_INSTRUCTION",
+    "chat_code_prompt",
+    "chat_function",
     "chrf",
+    "evaluate_chat_code",
     "exact_match",
     "first_function",
     "format_table",
@@ -514,6 +522,87 @@ def sample_functions(
     if max_chars is not None:
         texts = [t[:max_chars] for t in texts]
     return [first_function(t) for t in texts]
+
+
+# --------------------------------------------------------------------------------------------
+# Functions written by a chat model, run against hidden tests
+# --------------------------------------------------------------------------------------------
+
+CODE_INSTRUCTION = "Implement this Python function:"
+
+
+def chat_code_prompt(prompt: str, instruction: str = CODE_INSTRUCTION) -> str:
+    """A ChatML conversation asking for ``prompt``'s function, the reply begun as a code block.
+
+    The user's message is ``instruction``, a blank line and the signature and docstring; the
+    assistant's reply starts with a Python code block opened, so the model writes the whole
+    function as code. (Given the signature as the start of its own reply instead, SmolLM2
+    closes the block at once: to a chat model a signature looks like a finished answer.)
+    Encode the result with the ChatML markers allowed.
+    """
+    from gptlab.pretrained import render_chatml
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt must be a function's signature and docstring (a non-empty str)")
+    if not isinstance(instruction, str):
+        raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+    question = f"{instruction}\n\n{prompt}"
+    return render_chatml([{"role": "user", "content": question}]) + "```python\n"
+
+
+@torch.no_grad()
+def chat_function(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int = 192) -> str:
+    """The code a chat model writes for ``prompt`` (greedy), up to the end of its code block.
+
+    Generation stops at the token that closes the block, three backquotes, or after
+    ``max_new_tokens``; the code is returned as written (signature included), to be run as it
+    is, as a reader would run the answer.
+    """
+    from gptlab.sampling import generate
+
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise TypeError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    fence = tokenizer.encode_ordinary("```")
+    if len(fence) != 1:
+        raise ValueError(f"the tokenizer spells ``` as {len(fence)} tokens; it needs one")
+    ids = tokenizer.encode(chat_code_prompt(prompt), allowed_special="all")
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    out = generate(model, idx, max_new_tokens, temperature=0.0, eos_token_id=fence[0])
+    new = out[0, len(ids) :].tolist()
+    return tokenizer.decode(new[: new.index(fence[0])] if fence[0] in new else new)
+
+
+def evaluate_chat_code(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Any],
+    *,
+    max_new_tokens: int = 192,
+    timeout: float = 5.0,
+) -> Any:
+    """Greedy functions from :func:`chat_function`, run in the sandbox against hidden tests.
+
+    Returns a :class:`gptlab.evaluate.CodeEvaluation` with one sample per problem (its
+    ``completion`` is the whole function), so ``.pass_at_k(1)`` is pass@1 and
+    ``.per_problem_pass_at_k(1)`` the 0/1 score of each problem.
+    """
+    from gptlab.evaluate import CodeEvaluation, CodeProblem, CodeSample, run_tests
+
+    if isinstance(problems, CodeProblem) or not isinstance(problems, Sequence) or not problems:
+        raise ValueError("problems must be a non-empty list of CodeProblem (load_code_benchmark())")
+    samples: dict[str, list[Any]] = {}
+    for i, problem in enumerate(problems):
+        if not isinstance(problem, CodeProblem):
+            raise TypeError(f"problems[{i}] must be a CodeProblem, got {type(problem).__name__}")
+        if problem.id in samples:
+            raise ValueError(f"problem id {problem.id!r} appears twice; ids must be unique")
+        code = chat_function(model, tokenizer, problem.prompt, max_new_tokens=max_new_tokens)
+        result = run_tests(code, problem.tests, timeout=timeout)
+        samples[problem.id] = [CodeSample(problem.id, code, result)]
+    return CodeEvaluation(samples)
 
 
 def merge_chat_datasets(*datasets: Any) -> Any:

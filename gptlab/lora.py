@@ -19,8 +19,11 @@ outputs (up to float rounding) as the unmerged LoRA model.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Iterator
+import os
+import pathlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -31,10 +34,14 @@ __all__ = [
     "LoRALinear",
     "apply_lora",
     "count_trainable_parameters",
+    "ADAPTER_FILE",
+    "AdapterFileError",
+    "load_lora_adapter",
     "load_lora_state_dict",
     "lora_layers",
     "lora_state_dict",
     "merge_lora",
+    "save_lora_adapter",
     "training_memory",
 ]
 
@@ -239,6 +246,97 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             f"unexpected {extra[:3]}; apply_lora with the same r and target_modules first"
         )
     model.load_state_dict(state, strict=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters on disk: the LoRA matrices, their settings and a sha256, checked on load
+# --------------------------------------------------------------------------------------------
+
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_MANIFEST = "adapter.json"
+
+
+class AdapterFileError(ValueError):
+    """An adapter folder is incomplete, or its file's sha256 differs from the manifest's."""
+
+
+def save_lora_adapter(
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``model``'s LoRA matrices as an adapter: ``adapter.safetensors`` + ``adapter.json``.
+
+    The manifest records ``r``, ``alpha`` and the wrapped layers' last names (so that
+    :func:`load_lora_adapter` can rebuild the same LoRA layers on a fresh base model), the
+    number of numbers, the file's sha256 and ``metadata`` (any JSON: the base model's name, the
+    training run). Returns the manifest.
+    """
+    from safetensors.torch import save_file
+
+    from gptlab.utils import sha256_file
+
+    layers = list(lora_layers(model))
+    if not layers:
+        raise ValueError("the model has no LoRA layers; call apply_lora(model, ...) first")
+    settings = {(layer.r, layer.alpha) for _, layer in layers}
+    if len(settings) != 1:
+        raise ValueError(f"the LoRA layers use different (r, alpha): {sorted(settings)}")
+    ((r, alpha),) = settings
+    state = {k: v.detach().contiguous().cpu() for k, v in lora_state_dict(model).items()}
+    folder = pathlib.Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / ADAPTER_FILE))
+    manifest = {
+        "format": "gptlab-lora-adapter-1",
+        "r": r,
+        "alpha": alpha,
+        "target_modules": sorted({name.rpartition(".")[2] for name, _ in layers}),
+        "parameters": sum(t.numel() for t in state.values()),
+        "files": {ADAPTER_FILE: sha256_file(folder / ADAPTER_FILE)},
+        "metadata": dict(metadata or {}),
+    }
+    (folder / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def load_lora_adapter(
+    model: nn.Module, directory: str | os.PathLike[str], *, sha256: str | None = None
+) -> dict[str, Any]:
+    """Wrap ``model`` (a base model without LoRA) as the adapter's manifest says and load it.
+
+    The file's sha256 must equal the manifest's (and ``sha256``, when given: pin it in code so a
+    manifest edited together with the file is refused too); otherwise
+    :class:`AdapterFileError` is raised before anything is loaded. ``model`` is changed in
+    place (see :func:`apply_lora`). Returns the manifest.
+    """
+    from safetensors.torch import load_file
+
+    from gptlab.utils import sha256_file
+
+    folder = pathlib.Path(directory)
+    manifest_path, weights = folder / ADAPTER_MANIFEST, folder / ADAPTER_FILE
+    for path in (manifest_path, weights):
+        if not path.is_file():
+            raise AdapterFileError(f"{path} is missing; save_lora_adapter writes both files")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    recorded = manifest.get("files", {}).get(ADAPTER_FILE)
+    actual = sha256_file(weights)
+    for name, expected in (("the manifest", recorded), ("the caller", sha256)):
+        if name == "the caller" and sha256 is None:
+            continue
+        if actual != expected:
+            raise AdapterFileError(
+                f"{weights} has sha256 {actual}, but {name} expects {expected}: the file is "
+                "damaged or not the one saved; refusing to load it"
+            )
+    apply_lora(
+        model, r=manifest["r"], alpha=manifest["alpha"], target_modules=manifest["target_modules"]
+    )
+    device = next(model.parameters()).device
+    load_lora_state_dict(model, {k: v.to(device) for k, v in load_file(str(weights)).items()})
+    return manifest
 
 
 def count_trainable_parameters(model: nn.Module) -> int:

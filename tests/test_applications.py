@@ -421,3 +421,94 @@ def test_load_result_reads_the_shipped_fine_tuning_run():
         apps.load_result("nope")
     with pytest.raises(ValueError, match="plain file name"):
         apps.load_result("../code_model/manifest")
+
+
+# --------------------------------------------------------------------------------------------
+# Functions written by a chat model
+# --------------------------------------------------------------------------------------------
+
+
+def test_chat_code_prompt_asks_in_chatml_and_opens_a_code_block():
+    from gptlab.pretrained import render_chatml
+
+    prompt = 'def f(x: int) -> int:\n    """Return x + 1."""\n'
+    text = apps.chat_code_prompt(prompt)
+    question = f"{apps.CODE_INSTRUCTION}\n\n{prompt}"
+    assert text == render_chatml([{"role": "user", "content": question}]) + "```python\n"
+    assert text.endswith("<|im_start|>assistant\n```python\n")
+    assert apps.chat_code_prompt(prompt, "Write it:").count("Write it:\n\ndef f(") == 1
+    with pytest.raises(ValueError, match="signature and docstring"):
+        apps.chat_code_prompt("  ")
+    with pytest.raises(TypeError, match="instruction must be a str"):
+        apps.chat_code_prompt(prompt, None)
+
+
+class _FenceTokenizer:
+    """Token 0 is ``` (one token, as in SmolLM2's vocabulary); others are characters."""
+
+    def encode_ordinary(self, text):
+        return [0] if text == "```" else [ord(c) for c in text]
+
+    def encode(self, text, allowed_special=()):
+        return [ord(c) % 1000 + 1 for c in text[-5:]]
+
+    def decode(self, ids):
+        return "".join("```" if i == 0 else chr(i) for i in ids)
+
+
+def test_chat_function_stops_at_the_closing_fence(monkeypatch):
+    import gptlab.sampling
+
+    written = [ord(c) for c in "def f():\n    return 1\n"] + [0, ord("x")]
+
+    def fake_generate(model, idx, max_new_tokens, **kwargs):
+        assert kwargs["temperature"] == 0.0 and kwargs["eos_token_id"] == 0
+        return torch.cat([idx, torch.tensor([written[:max_new_tokens]])], dim=1)
+
+    monkeypatch.setattr(gptlab.sampling, "generate", fake_generate)
+    model = torch.nn.Linear(1, 1)
+    code = apps.chat_function(model, _FenceTokenizer(), "def f():\n", max_new_tokens=50)
+    assert code == "def f():\n    return 1\n"  # the fence and what follows are dropped
+    assert apps.chat_function(model, _FenceTokenizer(), "def f():\n", max_new_tokens=4) == "def "
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        apps.chat_function(model, _FenceTokenizer(), "def f():\n", max_new_tokens=0)
+
+
+def test_evaluate_chat_code_runs_the_written_functions(monkeypatch):
+    from gptlab.evaluate import load_code_benchmark
+
+    problems = load_code_benchmark()[:3]
+    answers = {
+        problems[0].prompt: problems[0].prompt + problems[0].solution,  # right
+        problems[1].prompt: problems[1].prompt + "    return None\n",  # wrong
+        problems[2].prompt: "def oops(:\n",  # does not parse
+    }
+    monkeypatch.setattr(apps, "chat_function", lambda m, t, prompt, **kw: answers[prompt])
+    evaluation = apps.evaluate_chat_code(None, None, problems)
+    assert evaluation.counts() == [(1, 1), (1, 0), (1, 0)]
+    assert evaluation.pass_at_k(1) == pytest.approx(1 / 3)
+    assert [s[0].completion for s in evaluation.samples.values()] == list(answers.values())
+    assert evaluation.reasons()["passed"] == 1
+    with pytest.raises(ValueError, match="non-empty list of CodeProblem"):
+        apps.evaluate_chat_code(None, None, [])
+    with pytest.raises(TypeError, match=r"problems\[0\] must be a CodeProblem"):
+        apps.evaluate_chat_code(None, None, ["def f(): pass"])
+    with pytest.raises(ValueError, match="appears twice"):
+        apps.evaluate_chat_code(None, None, [problems[0], problems[0]])
+
+
+def test_shipped_smollm2_code_results_agree_with_the_sandbox():
+    from gptlab.evaluate import load_code_benchmark, run_tests
+
+    run = apps.load_result("smollm2_code")
+    problems = {p.id: p for p in load_code_benchmark()}
+    records = run["problems"]
+    assert [r["id"] for r in records] == list(problems)
+    assert run["passed"] == sum(r["passed"] for r in records)
+    assert run["pass_at_1"] == pytest.approx(run["passed"] / len(records))
+    assert run["interval_95"][0] <= run["pass_at_1"] <= run["interval_95"][1]
+    # every stored pass, and the first few stored failures, give the same verdict again
+    failed = [r for r in records if not r["passed"] and r["reason"] != "timeout"][:4]
+    for record in [r for r in records if r["passed"]] + failed:
+        result = run_tests(record["code"], problems[record["id"]].tests)
+        assert (result.passed, result.reason) == (record["passed"], record["reason"]), record["id"]

@@ -192,3 +192,45 @@ def test_bad_inputs():
         merge_lora(base_model())
     with pytest.raises(ValueError, match="call apply_lora"):
         lora_state_dict(base_model())
+
+
+def test_adapter_save_and_verified_load(tmp_path):
+    import json
+
+    from gptlab.lora import (
+        ADAPTER_FILE,
+        AdapterFileError,
+        load_lora_adapter,
+        save_lora_adapter,
+    )
+    from gptlab.utils import sha256_file
+
+    model = apply_lora(base_model(), r=2, alpha=4, target_modules=("c_attn", "c_fc"))
+    train_steps(model, steps=2)
+    manifest = save_lora_adapter(model, tmp_path / "adapter", metadata={"base": "tiny"})
+    assert manifest["r"] == 2 and manifest["alpha"] == 4.0
+    assert manifest["target_modules"] == ["c_attn", "c_fc"]
+    assert manifest["parameters"] == sum(v.numel() for v in lora_state_dict(model).values())
+    assert manifest["metadata"] == {"base": "tiny"}
+    fresh = base_model()
+    loaded = load_lora_adapter(fresh, tmp_path / "adapter", sha256=manifest["files"][ADAPTER_FILE])
+    assert loaded == manifest
+    x, _ = batch()
+    torch.testing.assert_close(fresh(x)[0], model(x)[0], rtol=0, atol=0)
+
+    # a changed file is refused, by the manifest's hash and by a pinned one
+    weights = tmp_path / "adapter" / ADAPTER_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(AdapterFileError, match="the manifest expects"):
+        load_lora_adapter(base_model(), tmp_path / "adapter")
+    meta = json.loads((tmp_path / "adapter" / "adapter.json").read_text())
+    meta["files"][ADAPTER_FILE] = sha256_file(weights)
+    (tmp_path / "adapter" / "adapter.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterFileError, match="the caller expects"):
+        load_lora_adapter(base_model(), tmp_path / "adapter", sha256="0" * 64)
+    with pytest.raises(AdapterFileError, match="is missing"):
+        load_lora_adapter(base_model(), tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        save_lora_adapter(base_model(), tmp_path / "empty")
