@@ -17,23 +17,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import pathlib
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
 import httpx
 import torch
 
+from gptlab.serve.launcher import launch
 from gptlab.utils import atomic_write
 
 RESULTS = pathlib.Path(__file__).with_name("results_serve.md")
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "gptlab-reference"
 
 
@@ -43,12 +39,6 @@ class Timing:
     first_token: float  # request sent -> first content
     tokens: int  # completion tokens (from the usage chunk)
     generating: float  # first content -> stream ended
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -94,20 +84,6 @@ async def load(base_url: str, requests: int, concurrency: int, max_tokens: int) 
         return await asyncio.gather(*(limited(i) for i in range(requests)))
 
 
-def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the server exited before it was ready")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server was not ready in time")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=48)
@@ -117,21 +93,14 @@ def main() -> None:
     if min(args.requests, args.concurrency, args.max_tokens) < 1:
         parser.error("--requests, --concurrency and --max-tokens must be >= 1")
 
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "gptlab.serve", "--port", str(port), "--log-level", "warning"]
-    command += ["--max-queue", str(args.concurrency + 1)]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env)
-    try:
-        wait_ready(base_url, proc)
-        asyncio.run(load(base_url, 2, 1, 4))  # warm up
+    extra = ["--max-queue", str(args.concurrency + 1)]
+    with launch("reference", threads=1, extra_args=extra) as server:
+        asyncio.run(load(server.base_url, 2, 1, 4))  # warm up
         start = time.perf_counter()
-        timings = asyncio.run(load(base_url, args.requests, args.concurrency, args.max_tokens))
+        timings = asyncio.run(
+            load(server.base_url, args.requests, args.concurrency, args.max_tokens)
+        )
         wall = time.perf_counter() - start
-    finally:
-        proc.terminate()
-        proc.wait(60)
 
     latency = [t.latency for t in timings]
     first = [t.first_token for t in timings]

@@ -15,12 +15,9 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,12 +39,12 @@ from gptlab.serve.backend import (  # noqa: E402
     TextAssembler,
     load_backend,
 )
+from gptlab.serve.launcher import launch  # noqa: E402
 from gptlab.serve.queue import GenerationQueue  # noqa: E402
 from gptlab.serve.server import add_arguments, check_bind, run  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "gptlab-reference"
 HELLO = [{"role": "user", "content": "Good morrow, what news?"}]
 
@@ -586,44 +583,22 @@ def test_client_killed_mid_stream_frees_the_worker(backend: Any) -> None:
 
 @pytest.mark.slow
 def test_sigterm_finishes_the_request_in_flight() -> None:
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gptlab.serve", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            try:
-                return health(url)["status"] == "ok"
-            except httpx.HTTPError:
-                return False
-
-        assert wait_until(ready, 60), "the server did not start"
-        client = client_for(url)
+    with launch("reference", threads=1, timeout=60) as server:
+        client = client_for(server.base_url)
         # 4 choices of 48 tokens, about a second of work: SIGTERM lands in the middle.
         stream = client.chat.completions.create(
             model=MODEL, messages=HELLO, max_tokens=48, n=4, seed=0, stream=True
         )
         chunks = [next(stream)]
-        proc.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         chunks += list(stream)  # the stream still runs to its end ...
         finished = {c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason}
         assert finished == set(range(4))
         # ... and then the server exits by itself (uvicorn re-raises the signal once it is done).
-        assert proc.wait(30) in (0, -signal.SIGTERM)
+        assert server.process.wait(30) in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{url}/health", timeout=2)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        output = proc.communicate()[0]
+            httpx.get(f"{server.base_url}/health", timeout=2)
+        output = server.output()
     assert "Traceback" not in output, output
 
 

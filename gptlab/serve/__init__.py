@@ -7,7 +7,9 @@
 - :mod:`gptlab.serve.app`: the FastAPI app (``/v1/models``, ``/v1/chat/completions``,
   ``/v1/completions``, ``/health``, the chat page at ``/``);
 - :mod:`gptlab.serve.server`: :func:`serve` and the command line (:func:`add_arguments`,
-  :func:`run`).
+  :func:`run`);
+- :mod:`gptlab.serve.launcher`: :func:`launch`, the server in a child process for the length of a
+  ``with`` block (notebooks, tests, benchmarks).
 
 Names load on first use, so the command line can add its options without importing FastAPI.
 """
@@ -32,6 +34,9 @@ _EXPORTS = {
     "add_arguments": "gptlab.serve.server",
     "run": "gptlab.serve.server",
     "serve": "gptlab.serve.server",
+    "LaunchedServer": "gptlab.serve.launcher",
+    "free_port": "gptlab.serve.launcher",
+    "launch": "gptlab.serve.launcher",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,11 +12,16 @@ import argparse
 import ipaddress
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 __all__ = ["ServeError", "add_arguments", "check_bind", "is_loopback", "run", "serve"]
 
 API_KEY_ENV = "GPTLAB_API_KEY"
+#: Set by :func:`gptlab.serve.launch` to its own process id: the server stops when that process
+#: is gone (even killed with SIGKILL), so a notebook or test never leaves a server behind.
+PARENT_PID_ENV = "GPTLAB_SERVE_PARENT_PID"
 
 
 class ServeError(RuntimeError):
@@ -106,9 +111,34 @@ def serve(
         f"gptlab serve: chat page http://{shown}:{port}/, API http://{shown}:{port}/v1",
         file=sys.stderr,
     )
+    _stop_with_parent(server)
     server.run()
     if failure:
         raise ServeError(f"the model failed to load: {failure[0]}")
+
+
+def _stop_with_parent(server: Any) -> None:
+    """If :data:`PARENT_PID_ENV` names the process that started us, stop gracefully (as on
+    SIGTERM) once it is gone: an orphan is re-parented, so ``os.getppid()`` changes."""
+    text = os.environ.get(PARENT_PID_ENV)
+    if not text:
+        return
+    try:
+        parent = int(text)
+    except ValueError:
+        print(
+            f"gptlab serve: note: ignoring {PARENT_PID_ENV}={text!r} (not a pid)", file=sys.stderr
+        )
+        return
+
+    def watch() -> None:
+        while not server.should_exit:
+            if os.getppid() != parent:
+                server.should_exit = True
+                return
+            time.sleep(0.25)
+
+    threading.Thread(target=watch, name="gptlab-parent-watch", daemon=True).start()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
