@@ -27,6 +27,7 @@ __all__ = [
     "check_fits_in_memory",
     "check_token_ids",
     "memory_limit_bytes",
+    "sinusoidal_positions",
 ]
 
 ACTIVATIONS = ("gelu_tanh", "gelu")
@@ -155,6 +156,29 @@ def _require_bool(name: str, value: Any) -> None:
 def _require_choice(name: str, value: Any, choices: tuple[str, ...], *, hint: str) -> None:
     if value not in choices:
         raise ValueError(f"GPTConfig.{name} must be one of {choices}, got {value!r}; {hint}")
+
+
+def sinusoidal_positions(
+    n_positions: int, dim: int, *, base: float = 10000.0, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """The fixed position encoding of the original Transformer, ``(n_positions, dim)``.
+
+    Features ``2i`` and ``2i + 1`` of position ``p`` are ``sin(p·ω_i)`` and ``cos(p·ω_i)`` with
+    ``ω_i = base^(-2i/dim)``: one sine/cosine pair per frequency, from ``ω_0 = 1`` (a period of
+    2π positions) down to almost ``1/base``. GPT-2 learns its table (``wpe``) instead.
+    """
+    for name, value in (("n_positions", n_positions), ("dim", dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if dim % 2:
+        raise ValueError(f"dim must be even (one sine and one cosine per frequency), got {dim}")
+    pos = torch.arange(n_positions, dtype=dtype)[:, None]  # (P, 1)
+    omega = base ** (-torch.arange(0, dim, 2, dtype=dtype) / dim)  # (dim/2,)
+    angles = pos * omega  # (P, dim/2)
+    pe = torch.empty(n_positions, dim, dtype=dtype)
+    pe[:, 0::2] = torch.sin(angles)
+    pe[:, 1::2] = torch.cos(angles)
+    return pe
 
 
 class MLP(nn.Module):

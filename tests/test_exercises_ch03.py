@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.exercises import check
-from gptlab.exercises.ch03 import expected_initial_loss, gpt_parameter_count
+from gptlab.exercises.ch03 import expected_initial_loss, gpt_parameter_count, residual_stream_std
 from gptlab.model import GPT, GPTConfig
 
 
@@ -328,3 +328,59 @@ def test_3_6_rejects_common_mistakes(capsys):
     for wrong, hint in cases:
         ok, out = _verdict("3.6", wrong, capsys)
         assert not ok and hint in out, (hint, out)
+
+
+# --- 3.7 the residual stream's growth with depth ----------------------------------------------
+
+
+def test_residual_stream_std_formula():
+    assert residual_stream_std(0.0, 1.0, 8, False) == pytest.approx(4.0)  # √16
+    assert residual_stream_std(0.0, 1.0, 8, True) == pytest.approx(1.0)  # depth-independent
+    assert residual_stream_std(0.3, 0.4, 1, False) == pytest.approx(math.sqrt(0.09 + 0.32))
+    with pytest.raises(ValueError, match="n_layer"):
+        residual_stream_std(0.1, 0.1, 0, True)
+
+
+def test_residual_stream_std_is_what_independent_updates_give():
+    gen = torch.Generator().manual_seed(0)
+    s0, u, L = 0.5, 0.3, 6
+    for scaled in (False, True):
+        x = s0 * torch.randn(200_000, generator=gen, dtype=torch.float64)
+        for _ in range(2 * L):
+            x = x + u / (math.sqrt(2 * L) if scaled else 1) * torch.randn(
+                200_000, generator=gen, dtype=torch.float64
+            )
+        assert x.std().item() == pytest.approx(residual_stream_std(s0, u, L, scaled), rel=0.01)
+
+
+def test_3_7_accepts_the_formula(capsys):
+    def stream_std(embed_std, update_std, n_layer, scaled):
+        var = embed_std**2 + 2 * n_layer * update_std**2 / (2 * n_layer if scaled else 1)
+        return math.sqrt(var)
+
+    ok, out = _verdict("3.7", stream_std, capsys)
+    assert ok and "correct" in out
+    ok, _ = _verdict(
+        "3.7", lambda s0, u, L, scaled: torch.tensor(stream_std(s0, u, L, scaled)), capsys
+    )
+    assert ok
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (lambda s0, u, L, sc: s0 + 2 * L * u / (math.sqrt(2 * L) if sc else 1), "VARIANCES"),
+        (lambda s0, u, L, sc: math.sqrt(s0**2 + L * u**2 / (L if sc else 1)), "TWO sublayers"),
+        (
+            lambda s0, u, L, sc: math.sqrt(s0**2 + 2 * L * u**2 / (math.sqrt(2 * L) if sc else 1)),
+            "not by √(2L)",
+        ),
+        (lambda s0, u, L, sc: math.sqrt(2 * L * u**2 / (2 * L if sc else 1)), "embeddings"),
+        (lambda s0, u, L, sc: math.sqrt(s0**2 + 2 * L * u**2), "ignores it"),
+        (lambda s0, u, L, sc: s0**2 + 2 * L * u**2 / (2 * L if sc else 1), "the variance"),
+        (lambda s0, u, L, sc: 1.0, "expected"),
+    ],
+)
+def test_3_7_rejects_common_mistakes(wrong, hint, capsys):
+    ok, out = _verdict("3.7", wrong, capsys)
+    assert not ok and hint in out

@@ -26,8 +26,10 @@ __all__ = [
     "check_post_norm_block",
     "check_prefix_order_effect",
     "check_rms_norm",
+    "check_residual_stream_std",
     "expected_initial_loss",
     "gpt_parameter_count",
+    "residual_stream_std",
 ]
 
 
@@ -62,6 +64,24 @@ def expected_initial_loss(vocab_size: int, logit_std: float) -> float:
     if isinstance(logit_std, bool) or not isinstance(logit_std, (int, float)) or logit_std < 0:
         raise ValueError(f"logit_std must be a number >= 0, got {logit_std!r}")
     return math.log(vocab_size) + logit_std**2 / 2
+
+
+def residual_stream_std(embed_std: float, update_std: float, n_layer: int, scaled: bool) -> float:
+    """Standard deviation of the residual stream after ``n_layer`` blocks, in a simple model.
+
+    The stream starts with the embeddings (std ``embed_std``); each of the ``2·n_layer``
+    sublayers (attention and MLP in every block) adds an independent update of std
+    ``update_std``, divided by ``√(2·n_layer)`` when ``scaled`` (GPT-2's ``c_proj`` init).
+    Independent variances add: ``√(embed_std² + 2L·update_std² / (2L if scaled else 1))``.
+    """
+    for name, value in (("embed_std", embed_std), ("update_std", update_std)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or n_layer < 1:
+        raise ValueError(f"n_layer must be a positive int, got {n_layer!r}")
+    n_updates = 2 * n_layer
+    added = n_updates * update_std**2 / (n_updates if scaled else 1)
+    return math.sqrt(embed_std**2 + added)
 
 
 def _tensor(out: Any, name: str) -> Tensor:
@@ -393,4 +413,51 @@ def check_prefix_order_effect(answer: Any) -> str | None:
             "return (last logits of idx - last logits of the reordered idx).abs().max() on the "
             "model without position embeddings"
         )
+    return None
+
+
+# --- 3.7 the residual stream's growth with depth -------------------------------------------------
+
+_STREAM_CASES = ((0.03, 0.1, 12, False), (0.03, 0.1, 12, True), (0.5, 0.2, 48, False),
+                 (0.5, 0.2, 48, True), (0.0, 1.0, 3, False), (1.0, 0.0, 5, True))  # fmt: skip
+
+
+def _stream_mistakes(s0: float, u: float, L: int, scaled: bool) -> dict[str, float]:
+    n = 2 * L
+    shrink = n if scaled else 1
+    return {
+        "you added standard deviations; independent updates add their VARIANCES, so take "
+        "the square root of the summed variances": s0 + n * u / math.sqrt(shrink),
+        "each block has TWO sublayers that write into the stream (attention and the MLP), so "
+        "there are 2·n_layer updates, not n_layer": math.sqrt(
+            s0**2 + L * u**2 / (L if scaled else 1)
+        ),
+        "the scaling divides each update's standard deviation by √(2L), so it divides its "
+        "variance by 2L (not by √(2L))": math.sqrt(s0**2 + n * u**2 / math.sqrt(shrink)),
+        "the stream starts with the embeddings: add embed_std² to the variance": math.sqrt(
+            n * u**2 / shrink
+        ),
+        "scaled=True divides each update's std by √(2·n_layer); your answer ignores it": math.sqrt(
+            s0**2 + n * u**2
+        ),
+        "you returned the variance; the question asks for the standard deviation": s0**2
+        + n * u**2 / shrink,
+    }
+
+
+@exercise("3.7", "how the residual stream grows with depth")
+def check_residual_stream_std(answer: Any) -> str | None:
+    """``stream_std(embed_std, update_std, n_layer, scaled)`` must equal
+    :func:`residual_stream_std` to within 1e-6 (relative) on several configurations."""
+    stream_std = _callable(answer, "stream_std", "3.7")
+    for s0, u, L, scaled in _STREAM_CASES:
+        got = _number(stream_std(s0, u, L, scaled), "stream_std", float)
+        want = residual_stream_std(s0, u, L, scaled)
+        if math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-12):
+            continue
+        case = f"(embed_std={s0}, update_std={u}, n_layer={L}, scaled={scaled})"
+        for hint, value in _stream_mistakes(s0, u, L, scaled).items():
+            if math.isclose(got, value, rel_tol=1e-6, abs_tol=1e-12):
+                return f"{case}: {hint}"
+        return f"{case}: expected {want:.6g}, got {got:.6g}"
     return None
