@@ -5,7 +5,8 @@ after every block (:func:`residual_stream`) and what it would predict if the mod
 there (:func:`logit_lens`, :func:`token_rank`), switching attention heads off
 (:func:`ablate_heads`, :func:`head_ablation_losses`), next-word probabilities for bias probes
 (:func:`next_word_probs`), and verbatim recall of a text for memorisation tests
-(:func:`common_prefix_length`, :func:`verbatim_recall`).
+(:func:`common_prefix_length`, :func:`verbatim_recall`), and planted "canaries" for
+duplication experiments (:func:`insert_canaries`, :func:`sequence_logprobs`, :func:`exposure`).
 
 Everything works through PyTorch hooks on the standard :class:`gptlab.model.GPT`, so the model
 itself stays untouched: hooks are removed when a function returns, even after an error.
@@ -14,6 +15,7 @@ itself stays untouched: hooks are removed when a function returns, even after an
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +30,13 @@ __all__ = [
     "ablate_heads",
     "attention_maps",
     "common_prefix_length",
+    "exposure",
     "head_ablation_losses",
+    "insert_canaries",
     "logit_lens",
     "next_word_probs",
     "residual_stream",
+    "sequence_logprobs",
     "token_rank",
     "verbatim_recall",
 ]
@@ -383,3 +388,111 @@ def verbatim_recall(
     gen = torch.cat(generated)  # (N, m)
     target = windows[:, prompt_len:]
     return RecallResult(gen, target, common_prefix_length(gen, target))
+
+
+# --------------------------------------------------------------------------------------------
+# Canaries: planted secrets, and how exposed they are
+# --------------------------------------------------------------------------------------------
+
+
+def insert_canaries(
+    ids: torch.Tensor,
+    canaries: Sequence[Sequence[int]],
+    counts: Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    after_token: int | None = None,
+) -> torch.Tensor:
+    """Return a copy of the 1-D stream ``ids`` with canary ``i`` inserted ``counts[i]`` times.
+
+    Each copy goes in whole at its own uniformly random place (between two tokens; with
+    ``after_token``, only right after an occurrence of that token, e.g. a newline, so a canary
+    is a line of its own). Two copies never share a place, so no copy splits another. The
+    ``sum(counts)`` places and the order of the canaries are drawn from ``generator``.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
+        raise ValueError("ids must be a 1-D tensor of token ids (one long stream)")
+    if len(canaries) != len(counts):
+        raise ValueError(
+            f"need one count per canary, got {len(canaries)} canaries and {len(counts)} counts"
+        )
+    for i, (canary, count) in enumerate(zip(canaries, counts, strict=True)):
+        if len(canary) == 0:
+            raise ValueError(f"canary {i} is empty; give each canary at least one token id")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"counts[{i}] must be an int >= 0, got {count!r}")
+    if after_token is None:
+        slots = torch.arange(len(ids) + 1)  # insert before ids[slot]
+    else:
+        slots = (ids == after_token).nonzero().flatten() + 1  # right after each after_token
+    total = sum(counts)
+    if total > len(slots):
+        raise ValueError(
+            f"{total} copies need {total} distinct places but the stream has only {len(slots)}"
+            + ("" if after_token is None else f" tokens {after_token} to insert after")
+        )
+    places = slots[torch.randperm(len(slots), generator=generator)[:total]]  # distinct
+    which = torch.repeat_interleave(
+        torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long)
+    )
+    which = which[torch.randperm(total, generator=generator)]  # which canary goes where
+    order = places.argsort()
+    pieces, prev = [], 0
+    for place, i in zip(places[order].tolist(), which[order].tolist(), strict=True):
+        pieces += [ids[prev:place], torch.as_tensor(canaries[i], dtype=ids.dtype)]
+        prev = place
+    pieces.append(ids[prev:])
+    return torch.cat(pieces)
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: GPT,
+    prefix: Sequence[int],
+    candidates: torch.Tensor,
+    *,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """``(S,)`` float64: ``ln P(candidate | prefix)`` for each row of ``candidates`` ``(S, m)``.
+
+    The chain rule over the candidate's ``m`` tokens, each predicted by the model from the
+    prefix and the candidate tokens before it (teacher forcing: one forward pass per chunk).
+    """
+    model = _check_model(model)
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    if not isinstance(candidates, torch.Tensor) or candidates.dim() != 2:
+        raise ValueError("candidates must be an (S, m) tensor of token ids, one row per candidate")
+    if len(prefix) == 0:
+        raise ValueError("prefix is empty; the first candidate token needs a token to follow")
+    p, m = len(prefix), candidates.shape[1]
+    if p + m - 1 > model.config.block_size:
+        raise ValueError(
+            f"prefix ({p}) + candidate ({m}) tokens exceed block_size {model.config.block_size}"
+        )
+    device = model.lm_head.weight.device
+    head = torch.as_tensor(list(prefix), dtype=torch.long)
+    out = []
+    for chunk in candidates.long().split(batch_size):
+        x = torch.cat([head.expand(len(chunk), p), chunk[:, :-1]], dim=1).to(device)  # (s, p+m-1)
+        logits, _ = model(x)
+        logp = torch.log_softmax(logits[:, p - 1 :].double(), dim=-1)  # (s, m, V)
+        out.append(logp.gather(-1, chunk[:, :, None].to(device))[..., 0].sum(1).cpu())
+    return torch.cat(out)
+
+
+def exposure(true_logprob: float | torch.Tensor, other_logprobs: torch.Tensor) -> float:
+    r"""Exposure of a secret in bits (Carlini et al., 2019), estimated from sampled alternatives.
+
+    With :math:`R` candidates (the true secret and ``len(other_logprobs)`` random ones) ranked
+    by likelihood, :math:`\text{exposure} = \log_2 R - \log_2 \text{rank}`, where rank 1 is
+    the likeliest. Ties count against the secret (an alternative as likely ranks above it), so
+    a model that prefers nothing gets exposure 0; a secret likelier than every alternative gets
+    :math:`\log_2 R`, the most this sample can show.
+    """
+    if not isinstance(other_logprobs, torch.Tensor) or other_logprobs.dim() != 1:
+        raise ValueError("other_logprobs must be a 1-D tensor, one log-probability per alternative")
+    if other_logprobs.numel() == 0:
+        raise ValueError("need at least one alternative secret to rank the true one against")
+    true = float(true_logprob)
+    rank = 1 + int((other_logprobs >= true).sum())
+    return math.log2(other_logprobs.numel() + 1) - math.log2(rank)

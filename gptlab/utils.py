@@ -7,7 +7,7 @@ import hashlib
 import os
 import pathlib
 import random
-import tempfile
+import secrets
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -75,19 +75,25 @@ def atomic_write(
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``.
 
     Readers never see a half-written file: either the old file or the complete new one exists.
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. The new file
+    gets the permissions a plain ``open`` would give it (those of the file it replaces, or
+    0o666 less the umask), not the private 0o600 of a temporary file.
     """
     if mode not in ("w", "wb", "wt"):
         raise ValueError(f"atomic_write supports modes 'w', 'wt' and 'wb', got {mode!r}")
     target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = pathlib.Path(tmp_name)
+    # Not mkstemp, whose file is always 0o600: open with 0o666 and let the umask apply, as a
+    # plain open() would; O_EXCL with a random name never touches anyone else's file.
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if target.exists():  # a replaced file keeps its permissions
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

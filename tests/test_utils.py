@@ -100,3 +100,24 @@ def test_sha256_file_equals_hashlib_across_chunk_boundaries(tmp_path):
     assert sha256_file(path) == hashlib.sha256(data).hexdigest() == reexported(str(path))
     (tmp_path / "empty").write_bytes(b"")
     assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from gptlab.utils import atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "new.json", "w") as f:
+            f.write("{}")
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644  # not mkstemp's 0o600
+        old = tmp_path / "old.txt"
+        old.write_text("a")
+        old.chmod(0o640)
+        with atomic_write(old, "w") as f:
+            f.write("b")
+        assert stat.S_IMODE(old.stat().st_mode) == 0o640 and old.read_text() == "b"
+    finally:
+        os.umask(umask)
