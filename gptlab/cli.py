@@ -613,7 +613,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME|DIR",
         help="'reference', 'smollm2-135m-instruct' or a checkpoint folder written by 'train'",
     )
-    ev.add_argument("--suite", default="book", help="'book' (default) or 'smoke' (seconds)")
+    ev.add_argument(
+        "--suite",
+        default="book",
+        help=(
+            "'book' (default), 'card' (the report card's suite: 'book' with bits per byte on "
+            "the first 20,000 characters of each held-out play; recipes/report_card.py) or "
+            "'smoke' (seconds)"
+        ),
+    )
     ev.add_argument("--out", required=True, metavar="PATH", help="report path without suffix")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing report")
     ev.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap intervals")

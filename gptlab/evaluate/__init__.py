@@ -11,6 +11,7 @@ One concept per module:
 * :mod:`~gptlab.evaluate.uncertainty` -- bootstrap intervals, paired comparisons;
 * :mod:`~gptlab.evaluate.benchmarks` -- the book's code, question and cloze sets;
 * :mod:`~gptlab.evaluate.contamination` -- n-gram overlap between training and test text;
+* :mod:`~gptlab.evaluate.judge` -- a chat model as judge of two answers, and its position bias;
 * :mod:`~gptlab.evaluate.report` -- report cards (JSON + Markdown).
 """
 
@@ -38,6 +39,13 @@ from gptlab.evaluate.contamination import (
     check_split,
     find_overlap,
     ngrams,
+)
+from gptlab.evaluate.judge import (
+    JudgeVerdict,
+    PairJudgement,
+    judge_both_orders,
+    judge_pair,
+    position_bias,
 )
 from gptlab.evaluate.likelihood import (
     Likelihood,
@@ -88,10 +96,12 @@ __all__ = [
     "ContaminationReport",
     "ExecutionResult",
     "Interval",
+    "JudgeVerdict",
     "Likelihood",
     "MultipleChoiceItem",
     "MultipleChoiceResult",
     "OptionScore",
+    "PairJudgement",
     "SignTest",
     "bits_per_byte",
     "bits_per_byte_to_loss",
@@ -106,6 +116,8 @@ __all__ = [
     "find_overlap",
     "held_out_plays",
     "is_json",
+    "judge_both_orders",
+    "judge_pair",
     "load_code_benchmark",
     "load_multiple_choice_set",
     "loss_to_bits_per_byte",
@@ -118,6 +130,7 @@ __all__ = [
     "parses_as_python",
     "pass_at_k",
     "perplexity",
+    "position_bias",
     "question_context",
     "report_markdown",
     "run_many",

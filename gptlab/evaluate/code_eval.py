@@ -94,26 +94,42 @@ def sample_completions(
     top_p: float | None = None,
     max_new_tokens: int = 128,
     seed: int = 0,
+    stop_at_top_level: bool = False,
 ) -> list[str]:
     """``n`` raw continuations of ``prompt`` (``temperature=0``: greedy, so all ``n`` agree).
 
     A prompt longer than the context window is cut to its last ``block_size`` tokens, which are
-    all the model would see anyway.
+    all the model would see anyway. ``stop_at_top_level`` (only with ``n=1``) stops as soon as
+    a line starts at column 0, where :func:`truncate_completion` would cut anyway: the kept
+    body is the same, and a model that has finished its function is not asked for 100 tokens
+    more.
     """
-    from gptlab.sampling import generate
+    from gptlab.sampling import generate, stream
 
     check_model(model)
     check_tokenizer(tokenizer)
     check_int(n, "n")
     check_int(max_new_tokens, "max_new_tokens")
-    ids = list(getattr(tokenizer, "encode_ordinary", tokenizer.encode)(prompt))[
-        -model.config.block_size :
-    ]
+    ids = list(getattr(tokenizer, "encode_ordinary", tokenizer.encode)(prompt))
+    ids = ids[-model.config.block_size :]
     if not ids:
         raise ValueError("the prompt encodes to no tokens")
     device = model_device(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
+    if stop_at_top_level:
+        if n != 1:
+            raise ValueError("stop_at_top_level works one sample at a time; pass n=1")
+        new: list[int] = []
+        tokens = stream(
+            model, idx, max_new_tokens, temperature=temperature, top_p=top_p, generator=generator
+        )
+        for token in tokens:
+            new.append(token)
+            text = tokenizer.decode(new)
+            if truncate_completion(text) != text:  # a top-level line has begun
+                break
+        return [tokenizer.decode(new)]
     out = generate(
         model,
         idx,
@@ -164,6 +180,7 @@ def evaluate_code(
             top_p=top_p,
             max_new_tokens=max_new_tokens,
             seed=seed + i,
+            stop_at_top_level=n_samples == 1,  # same bodies, far fewer tokens
         )
         bodies = [truncate_completion(c) for c in completions]
         jobs = [(problem.program(body), problem.tests) for body in bodies]
