@@ -46,6 +46,8 @@ the reply budget fits in ``block_size``; the system prompt always stays.
 from __future__ import annotations
 
 import math
+import os
+import pathlib
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +64,7 @@ from gptlab.train import History, clip_gradients, configure_optimizer, lr_at
 
 __all__ = [
     "BOT_TAG",
+    "CHAT_MODEL_DIR",
     "END_OF_TEXT",
     "IGNORE_INDEX",
     "SYSTEM_TAG",
@@ -80,6 +83,7 @@ __all__ = [
     "exchange_texts",
     "finetune_chat",
     "format_conversation",
+    "load_chat_model",
     "split_conversations",
     "tokenize_conversation",
 ]
@@ -89,6 +93,8 @@ USER_TAG = "USER:\n"
 BOT_TAG = "\n\nBOT:\n"  # the blank line that ends a user message belongs to the bot's tag
 END_OF_TEXT = "<|endoftext|>"  # ends every bot reply (and the system prompt)
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (F.cross_entropy default)
+#: Chapter 8's chatbot as ``recipes/chat_model.py`` ships it (the reference model's layout).
+CHAT_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "chat_model"
 
 
 # --------------------------------------------------------------------------------------------
@@ -925,3 +931,19 @@ def chat_loop(
         write(f"bot> {session.send(message)}")
         turns += 1
     return turns
+
+
+def load_chat_model(
+    device: str | torch.device | None = None, *, directory: str | os.PathLike[str] | None = None
+) -> tuple[GPT, Any]:
+    """Chapter 8's chatbot (the reference model fine-tuned on ChatterBot by
+    ``recipes/chat_model.py``) and its tokenizer, every file's sha256 checked first.
+
+    Chat with it through :class:`ChatSession` with the system prompt ``"A friendly chatbot."``;
+    the recipe's measurements are in the folder's ``manifest.json``.
+    """
+    from gptlab.reference import load_reference_model
+
+    return load_reference_model(
+        device, directory=CHAT_MODEL_DIR if directory is None else directory
+    )

@@ -24,7 +24,7 @@ from gptlab.evaluate.code_eval import sample_completions
 from gptlab.evaluate.judge import JudgeVerdict, PairJudgement, position_bias
 
 CARDS = EVALUATION_DIR / "report_cards"
-MODELS = ("reference", "code_model", "smollm2-135m-instruct")
+MODELS = ("reference", "code_model", "chat_model", "smollm2-135m-instruct")
 TASKS = ("code_pass@1", "mc_accuracy", "cloze_accuracy", "bits_per_byte")
 CHAT_TASK = "code_pass@1_chat"
 CHAT_MODELS = ("smollm2-135m-instruct",)
@@ -107,6 +107,14 @@ def test_reference_model_slice_matches_the_stored_report():
     model, tokenizer = load_reference_model()
     fresh = evaluate_suite(model, tokenizer, "smoke", progress=False)
     _compare(fresh, _load(CARDS / "smoke" / "reference.json"))
+
+
+def test_chat_model_slice_matches_the_stored_report():
+    from gptlab.chat import load_chat_model
+
+    model, tokenizer = load_chat_model()
+    fresh = evaluate_suite(model, tokenizer, "smoke", progress=False)
+    _compare(fresh, _load(CARDS / "smoke" / "chat_model.json"))
 
 
 def test_smollm2_slice_matches_the_stored_report():
