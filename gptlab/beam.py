@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-from gptlab.sampling import LanguageModel, _check_int, _check_model, _check_prompt, _check_real
+from gptlab.sampling import (
+    LanguageModel,
+    _check_eos,
+    _check_int,
+    _check_model,
+    _check_prompt,
+    _check_real,
+)
 
 __all__ = ["Beam", "beam_search"]
 
@@ -72,15 +79,7 @@ def beam_search(
             "beam search keeps only num_beams hypotheses"
         )
     _check_real("length_penalty", length_penalty, "a finite number", math.isfinite, "e.g. 1.0")
-    vocab = model.config.vocab_size
-    if eos_token_id is not None and (
-        isinstance(eos_token_id, bool)
-        or not isinstance(eos_token_id, int)
-        or not 0 <= eos_token_id < vocab
-    ):
-        raise ValueError(
-            f"eos_token_id must be None or a token id in [0, {vocab}), got {eos_token_id!r}"
-        )
+    _check_eos(eos_token_id, model.config.vocab_size)
 
     was_training = model.training
     model.eval()

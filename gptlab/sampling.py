@@ -165,6 +165,19 @@ def _check_real(
         raise ValueError(f"{name} must be {condition}, got {value!r}; {hint}")
 
 
+def _check_eos(eos_token_id: Any, vocab_size: int) -> None:
+    """``eos_token_id`` is None or an int id in the vocabulary."""
+    if eos_token_id is not None and (
+        isinstance(eos_token_id, bool)
+        or not isinstance(eos_token_id, int)
+        or not 0 <= eos_token_id < vocab_size
+    ):
+        raise ValueError(
+            f"eos_token_id {eos_token_id!r} is not a token id: it must be an int in the "
+            f"vocabulary [0, {vocab_size}); pass None to generate max_new_tokens tokens"
+        )
+
+
 def _validate(
     model: LanguageModel,
     idx: torch.Tensor,
@@ -193,16 +206,7 @@ def _validate(
         lambda r: r > 0,
         "1.0 disables it, values like 1.2 discourage repeats",
     )
-    vocab_size = model.config.vocab_size
-    if eos_token_id is not None and (
-        isinstance(eos_token_id, bool)
-        or not isinstance(eos_token_id, int)
-        or not 0 <= eos_token_id < vocab_size
-    ):
-        raise ValueError(
-            f"eos_token_id {eos_token_id!r} is not a token id: it must be an int in the "
-            f"vocabulary [0, {vocab_size}); pass None to generate max_new_tokens tokens"
-        )
+    _check_eos(eos_token_id, model.config.vocab_size)
     n_rows = idx.shape[0] * num_return_sequences
     check_fits_in_memory(
         n_rows * (idx.shape[1] + max_new_tokens) * 8,  # the int64 output
