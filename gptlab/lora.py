@@ -265,17 +265,21 @@ def save_lora_adapter(
     directory: str | os.PathLike[str],
     *,
     metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``model``'s LoRA matrices as an adapter: ``adapter.safetensors`` + ``adapter.json``.
 
     The manifest records ``r``, ``alpha`` and the wrapped layers' last names (so that
     :func:`load_lora_adapter` can rebuild the same LoRA layers on a fresh base model), the
     number of numbers, the file's sha256 and ``metadata`` (any JSON: the base model's name, the
-    training run). Returns the manifest.
+    training run). Each file is written under a temporary name and renamed; an adapter already
+    in ``directory`` is replaced only with ``overwrite=True``. Returns the manifest.
     """
-    from safetensors.torch import save_file
+    import hashlib
 
-    from gptlab.utils import sha256_file
+    from safetensors.torch import save
+
+    from gptlab.utils import atomic_write
 
     layers = list(lora_layers(model))
     if not layers:
@@ -286,18 +290,25 @@ def save_lora_adapter(
     ((r, alpha),) = settings
     state = {k: v.detach().contiguous().cpu() for k, v in lora_state_dict(model).items()}
     folder = pathlib.Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / ADAPTER_FILE))
+    if not overwrite and ((folder / ADAPTER_FILE).exists() or (folder / ADAPTER_MANIFEST).exists()):
+        raise FileExistsError(
+            f"{folder} already holds an adapter; pass overwrite=True to replace it, or choose "
+            "another folder"
+        )
+    data = save(state)
+    with atomic_write(folder / ADAPTER_FILE, "wb") as f:  # never a half-written file
+        f.write(data)
     manifest = {
         "format": "gptlab-lora-adapter-1",
         "r": r,
         "alpha": alpha,
         "target_modules": sorted({name.rpartition(".")[2] for name, _ in layers}),
         "parameters": sum(t.numel() for t in state.values()),
-        "files": {ADAPTER_FILE: sha256_file(folder / ADAPTER_FILE)},
+        "files": {ADAPTER_FILE: hashlib.sha256(data).hexdigest()},
         "metadata": dict(metadata or {}),
     }
-    (folder / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    with atomic_write(folder / ADAPTER_MANIFEST, "w", encoding="utf-8") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

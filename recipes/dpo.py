@@ -3,20 +3,23 @@
     OMP_NUM_THREADS=1 python recipes/dpo.py                        # defaults: see --help
     OMP_NUM_THREADS=1 python recipes/dpo.py --steps 3 --out /tmp/dpo.json   # a smoke run
 
-Starting from the reference model, a short supervised fine-tune on ChatterBot conversations
-(``--sft-steps``, the chapter-8 recipe) gives a chatbot. Each training question from the
+The starting point is chapter 8's chatbot (:func:`gptlab.chat.load_chat_model`, the reference
+model fine-tuned on ChatterBot by ``recipes/chat_model.py``). Each training question from the
 ChatterBot split gets one of the constraints of :data:`gptlab.align.INSTRUCTIONS` appended;
 the chatbot samples ``--samples`` replies to it, the constraint's verifier ranks them, and one
 reply that follows the instruction (chosen) and one that does not (rejected) form a preference
 pair. DPO then trains LoRA adapters on those pairs, with the LoRA-disabled chatbot as the
-reference (no second copy of the weights). The script measures, on held-out questions, how
-often the greedy reply follows each instruction before and after, with bootstrap intervals,
-and writes them, the training time and the KL to the chatbot, as JSON (``--out``).
+reference (no second copy of the weights). The baseline is supervised fine-tuning on the
+chosen replies alone (same adapters, steps and learning rate). The script measures, on
+held-out questions, how often the greedy reply follows each instruction before, after the
+baseline and after DPO, with bootstrap intervals, and writes them, the training times, the
+sampled KL to the chatbot and the history, as JSON (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import pathlib
 import platform
@@ -27,64 +30,25 @@ import time
 import torch
 
 from gptlab import __version__, applications, chat
-from gptlab.align import INSTRUCTIONS, PreferencePair, sample_group, train_dpo
-from gptlab.data import load_corpus
+from gptlab.align import (
+    INSTRUCTIONS,
+    PreferencePair,
+    sampled_kl,
+    sequence_logprobs,
+    train_dpo,
+)
+from gptlab.align.tasks import (
+    CHATBOT_SYSTEM,
+    build_preference_pairs,
+    chatterbot_questions,
+    follow_rates,
+    instruction_prompt,
+)
 from gptlab.evaluate import bootstrap_ci, paired_bootstrap
 from gptlab.lora import apply_lora
-from gptlab.reference import load_reference_model
 from gptlab.utils import atomic_write, seed_everything
 
 MAX_NEW_TOKENS = 24
-
-
-def questions(n_train: int, n_test: int) -> tuple[list[str], list[str]]:
-    """Distinct short first user messages of ChatterBot's leak-free (train, test) split."""
-    train, test = chat.split_conversations(load_corpus("chatterbot").documents, 0.1, seed=0)
-
-    def firsts(docs: list, n: int) -> list[str]:
-        seen = dict.fromkeys(d.turns[0].strip() for d in docs if len(d.turns[0]) <= 60)
-        return list(seen)[:n]
-
-    return firsts(train, n_train), firsts(test, n_test)
-
-
-def constrained(question: str, instruction: str) -> str:
-    return f"{question} {instruction}"
-
-
-def follow_rates(model, tok, test_questions: list[str]) -> dict[str, list[float]]:
-    """Per instruction: 1.0/0.0 per held-out question, does the greedy reply follow it."""
-    out = {}
-    for instruction, check in INSTRUCTIONS.items():
-        prompts = [constrained(q, instruction) for q in test_questions]
-        replies = applications.greedy_replies(model, tok, prompts, max_new_tokens=MAX_NEW_TOKENS)
-        out[instruction] = [check(r, None) for r in replies]
-    return out
-
-
-def build_pairs(model, tok, train_questions: list[str], samples: int) -> list[PreferencePair]:
-    """Sample replies, rank them by the instruction's verifier, pair a pass with a fail."""
-    eos = chat.end_token_id(tok)
-    rng = random.Random(0)
-    generator = torch.Generator().manual_seed(0)
-    pairs = []
-    for i, question in enumerate(train_questions):
-        instruction = list(INSTRUCTIONS)[i % len(INSTRUCTIONS)]
-        prompt = chat.tokenize_conversation([constrained(question, instruction)], tok)[0]
-        replies = sample_group(model, prompt, samples, MAX_NEW_TOKENS, eos_token_id=eos,
-                               generator=generator)  # fmt: skip
-        passed, failed = [], []
-        for ids in replies:
-            text = tok.decode([t for t in ids if t != eos]).strip()
-            (passed if INSTRUCTIONS[instruction](text, None) else failed).append(ids)
-        if passed and failed:
-            pairs.append(PreferencePair(prompt, rng.choice(passed), rng.choice(failed)))
-    if not pairs:
-        raise RuntimeError(
-            "no question got both a reply that follows its instruction and one that does not; "
-            "raise --samples or --questions"
-        )
-    return pairs
 
 
 def interval(scores: list[float]) -> dict[str, float]:
@@ -92,11 +56,60 @@ def interval(scores: list[float]) -> dict[str, float]:
     return {"rate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
 
 
+def rounded(value):
+    """Floats to 6 significant digits, so that the stored history stays small."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def sft_on_chosen(model, pairs: list[PreferencePair], steps: int, lr: float) -> list[float]:
+    """The baseline: maximise the likelihood of the chosen replies only (rejection sampling
+    fine-tuning), with the same LoRA adapters, batch size and steps as DPO. Returns the losses."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    rng = random.Random(0)
+    losses = []
+    model.eval()  # as train_dpo: dropout off
+    for _ in range(steps):
+        batch = rng.sample(pairs, min(8, len(pairs)))
+        out = sequence_logprobs(model, [p.prompt_ids for p in batch], [p.chosen_ids for p in batch])
+        loss = -out.total.sum() / out.mask.sum()  # mean negative log-likelihood per reply token
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def overall(rates: dict[str, list[float]]) -> list[float]:
+    return [s for scores in rates.values() for s in scores]
+
+
+def rate_table(rates: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {k: interval(v) for k, v in rates.items()} | {"all": interval(overall(rates))}
+
+
+def examples(model, tok, test_questions: list[str]) -> dict[str, list[list[str]]]:
+    """The greedy replies to the first three held-out questions, per instruction."""
+    out = {}
+    for instruction in INSTRUCTIONS:
+        prompts = [instruction_prompt(q, instruction) for q in test_questions[:3]]
+        replies = applications.greedy_replies(
+            model, tok, prompts, system=CHATBOT_SYSTEM, max_new_tokens=MAX_NEW_TOKENS
+        )
+        out[instruction] = [[q, r] for q, r in zip(test_questions[:3], replies, strict=True)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=200, help="DPO steps")
+    parser.add_argument("--steps", type=int, default=200, help="DPO steps (and baseline steps)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/dpo.json"))
-    parser.add_argument("--sft-steps", type=int, default=300, help="chat SFT before DPO")
     parser.add_argument("--questions", type=int, default=300, help="training questions")
     parser.add_argument("--n-test", type=int, default=60, help="held-out questions")
     parser.add_argument("--samples", type=int, default=8, help="replies sampled per question")
@@ -106,19 +119,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed_everything(0)
 
-    model, tok = load_reference_model()
-    train_q, test_q = questions(args.questions, args.n_test)
-    train_docs, _ = chat.split_conversations(load_corpus("chatterbot").documents, 0.1, seed=0)
-    started = time.perf_counter()
-    sft_set = chat.ChatDataset([d.turns for d in train_docs], tok, model.config.block_size)
-    chat.finetune_chat(model, sft_set, steps=args.sft_steps, batch_size=16, lr=1e-3,
-                       warmup_steps=min(20, args.sft_steps))  # fmt: skip
-    sft_seconds = time.perf_counter() - started
-    before = follow_rates(model, tok, test_q)
+    model, tok = chat.load_chat_model()
+    model.eval()
+    train_q, test_q = chatterbot_questions(args.questions, args.n_test)
+    before = follow_rates(model, tok, test_q, max_new_tokens=MAX_NEW_TOKENS)
+    examples_before = examples(model, tok, test_q)
 
     started = time.perf_counter()
-    pairs = build_pairs(model, tok, train_q, args.samples)
+    pairs = build_preference_pairs(
+        model, tok, train_q, samples=args.samples, max_new_tokens=MAX_NEW_TOKENS
+    )
     pair_seconds = time.perf_counter() - started
+    shown_pairs = [
+        {
+            "prompt": tok.decode(p.prompt_ids),
+            "chosen": tok.decode(p.chosen_ids),
+            "rejected": tok.decode(p.rejected_ids),
+        }
+        for p in pairs[:6]
+    ]
+
+    baseline = copy.deepcopy(model)
+    apply_lora(baseline, r=8, alpha=16.0)
+    started = time.perf_counter()
+    baseline_losses = sft_on_chosen(baseline, pairs, args.steps, args.lr)
+    baseline_seconds = time.perf_counter() - started
+    after_baseline = follow_rates(baseline, tok, test_q, max_new_tokens=MAX_NEW_TOKENS)
+    del baseline
+
     apply_lora(model, r=8, alpha=16.0)
     started = time.perf_counter()
     history = train_dpo(
@@ -127,36 +155,51 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_every=100 if args.checkpoint_dir else 0, tokenizer=tok,
     )  # fmt: skip
     dpo_seconds = time.perf_counter() - started
-    after = follow_rates(model, tok, test_q)
-
-    def overall(rates: dict[str, list[float]]) -> list[float]:
-        return [s for scores in rates.values() for s in scores]
+    after = follow_rates(model, tok, test_q, max_new_tokens=MAX_NEW_TOKENS)
+    test_prompts = [
+        chat.tokenize_conversation([instruction_prompt(q, instruction)], tok, CHATBOT_SYSTEM)[0]
+        for instruction in INSTRUCTIONS
+        for q in test_q[:20]
+    ]
+    kl = sampled_kl(model, test_prompts, "lora", samples_per_prompt=4,
+                    max_new_tokens=MAX_NEW_TOKENS, eos_token_id=chat.end_token_id(tok))  # fmt: skip
 
     diff = paired_bootstrap(overall(after), overall(before), seed=0)
+    vs_baseline = paired_bootstrap(overall(after), overall(after_baseline), seed=0)
     results = {
         "task": "instruction constraints, preference pairs ranked by verifiers",
         "command": " ".join(["python", "recipes/dpo.py", *(argv or sys.argv[1:])]),
         "settings": {
             k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()
         },  # fmt: skip
+        "system": CHATBOT_SYSTEM,
+        "max_new_tokens": MAX_NEW_TOKENS,
         "pairs": len(pairs),
-        "follow_rate_before": {k: interval(v) for k, v in before.items()}
-        | {"all": interval(overall(before))},
-        "follow_rate_after": {k: interval(v) for k, v in after.items()}
-        | {"all": interval(overall(after))},
+        "example_pairs": shown_pairs,
+        "follow_rate_before": rate_table(before),
+        "follow_rate_sft_on_chosen": rate_table(after_baseline),
+        "follow_rate_after": rate_table(after),
         "improvement": {"estimate": diff.estimate, "low": diff.low, "high": diff.high},
-        "sft_seconds": sft_seconds,
+        "dpo_minus_sft_on_chosen": {
+            "estimate": vs_baseline.estimate,
+            "low": vs_baseline.low,
+            "high": vs_baseline.high,
+        },  # fmt: skip
+        "examples_before": examples_before,
+        "examples_after": examples(model, tok, test_q),
+        "sampled_kl_after": {"mean": kl.mean, "stderr": kl.stderr, "n": kl.n},
         "pair_seconds": pair_seconds,
         "dpo_seconds": dpo_seconds,
-        "final_kl": history.kl[-1],
+        "sft_on_chosen_seconds": baseline_seconds,
+        "sft_on_chosen_losses": rounded(baseline_losses),
         "final_reward_accuracy": history.reward_accuracy[-1],
-        "history": history.to_dict(),
+        "history": rounded(history.to_dict()),
         "gptlab_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
     }
     with atomic_write(args.out, "w", encoding="utf-8") as f:
-        f.write(json.dumps(results, indent=2) + "\n")
+        f.write(json.dumps(results, indent=1) + "\n")
     a, b = results["follow_rate_before"]["all"], results["follow_rate_after"]["all"]
     print(f"instructions followed {a['rate']:.1%} -> {b['rate']:.1%} ({len(pairs)} pairs)")
     return 0

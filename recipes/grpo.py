@@ -1,21 +1,27 @@
 """GRPO on chapter 9's numbers -> Chinese numerals: reinforcement learning from a verifier.
 
-    OMP_NUM_THREADS=1 python recipes/grpo.py                      # defaults: see --help
-    OMP_NUM_THREADS=1 python recipes/grpo.py --steps 3 --out /tmp/grpo.json   # a smoke run
+    OMP_NUM_THREADS=1 python recipes/grpo.py                      # every experiment: see --help
+    OMP_NUM_THREADS=1 python recipes/grpo.py --experiments main --steps 3 --out /tmp/grpo.json
 
 Chapter 9 fine-tunes a 2-layer GPT to write English number words as Chinese numerals
 ("three hundred five" -> "三百零五"). Here the supervised fine-tune is kept *short*
 (``--sft-steps``), so the model is right only some of the time, and GRPO takes over: for each
 prompt it samples a group of answers, the verifier (exact match with
 :func:`gptlab.applications.number_to_chinese`) scores them 0 or 1, and the policy moves toward
-the answers that scored above their group's mean. The script measures held-out exact match
-(greedy) before and after GRPO with bootstrap intervals and a paired comparison, and writes
-them, the training time and the KL to the SFT model, as JSON (``--out``).
+the answers that scored above their group's mean.
+
+Every experiment starts from the same SFT model and changes one thing (:data:`EXPERIMENTS`):
+the seed, the group size (at a fixed 64 samples per step), the KL coefficient, and the reward
+(``partial_credit`` pays :func:`gptlab.align.char_overlap_reward`, which can be hacked). Each
+reports held-out exact match (greedy) with a bootstrap interval and a paired comparison with
+the SFT model, the partial-credit score of the same replies, their length, the sampled KL to
+the SFT model and the training history, in one JSON file (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import pathlib
 import platform
@@ -24,19 +30,60 @@ import time
 
 import torch
 
-from gptlab import GPT, GPTConfig, __version__, applications, chat
-from gptlab.align import exact_answer_reward, reward_from_text, train_grpo
+from gptlab import GPT, __version__, applications, chat
+from gptlab.align import (
+    char_overlap_reward,
+    exact_answer_reward,
+    reward_from_text,
+    sampled_kl,
+    train_grpo,
+)
+from gptlab.align.tasks import number_task
 from gptlab.evaluate import bootstrap_ci, paired_bootstrap
 from gptlab.tokenizers import BPETokenizer
-from gptlab.utils import atomic_write, seed_everything
+from gptlab.utils import atomic_write
 
-BLOCK = 48
+MAX_NEW_TOKENS = 16
+REWARDS = {"exact": exact_answer_reward, "partial_credit": char_overlap_reward}
+# name -> what it changes from the main run (group size 8 x 8 prompts, KL 0.04, exact reward)
+EXPERIMENTS: dict[str, dict] = {
+    "main": {},
+    "seed1": {"seed": 1},
+    "seed2": {"seed": 2},
+    "group2": {"group_size": 2, "prompts_per_step": 32},
+    "group4": {"group_size": 4, "prompts_per_step": 16},
+    "group16": {"group_size": 16, "prompts_per_step": 4},
+    "no_kl": {"kl_coef": 0.0},
+    "strong_kl": {"kl_coef": 1.0},
+    "partial_credit": {"reward": "partial_credit"},
+}
+MAIN = {"seed": 0, "group_size": 8, "prompts_per_step": 8, "kl_coef": 0.04, "reward": "exact"}
 
 
-def exact_scores(model: GPT, tok: BPETokenizer, pairs: list[tuple[str, str]]) -> list[float]:
-    """1.0/0.0 per held-out pair: the greedy reply equals the Chinese numeral."""
-    replies = applications.greedy_replies(model, tok, [src for src, _ in pairs], max_new_tokens=16)
-    return [exact_answer_reward(r, ref) for r, (_, ref) in zip(replies, pairs, strict=True)]
+def greedy_scores(model: GPT, tok: BPETokenizer, pairs: list[tuple[str, str]]) -> dict:
+    """Per held-out pair: exact match and partial credit of the greedy reply, and its length."""
+    replies = applications.greedy_replies(
+        model, tok, [src for src, _ in pairs], max_new_tokens=MAX_NEW_TOKENS
+    )
+    return {
+        "exact": [exact_answer_reward(r, ref) for r, (_, ref) in zip(replies, pairs, strict=True)],
+        "partial": [
+            char_overlap_reward(r, ref) for r, (_, ref) in zip(replies, pairs, strict=True)
+        ],
+        "chars": [len(r) for r in replies],
+        "examples": [[src, ref, r] for (src, ref), r in zip(pairs[:8], replies[:8], strict=True)],
+    }
+
+
+def rounded(value):
+    """Floats to 6 significant digits, so that the stored history stays small."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
 
 
 def interval(scores: list[float]) -> dict[str, float]:
@@ -44,49 +91,68 @@ def interval(scores: list[float]) -> dict[str, float]:
     return {"rate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
 
 
+def summary(scores: dict) -> dict:
+    return {
+        "exact_match": interval(scores["exact"]),
+        "partial_credit": sum(scores["partial"]) / len(scores["partial"]),
+        "mean_chars": sum(scores["chars"]) / len(scores["chars"]),
+        "examples": scores["examples"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="GRPO steps")
+    parser.add_argument("--steps", type=int, default=300, help="GRPO steps per experiment")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/grpo.json"))
     parser.add_argument("--sft-steps", type=int, default=150, help="short SFT before GRPO")
     parser.add_argument("--numbers", type=int, default=10_000, help="task: numbers 0..N-1")
     parser.add_argument("--n-test", type=int, default=300, help="held-out numbers")
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--kl-coef", type=float, default=0.04)
-    parser.add_argument("--checkpoint-dir", type=pathlib.Path, default=None)
+    parser.add_argument(
+        "--experiments", default=",".join(EXPERIMENTS), help="comma-separated names of EXPERIMENTS"
+    )
     args = parser.parse_args(argv)
-    seed_everything(0)
-
-    train_numbers, test_numbers = applications.split_numbers(args.numbers, args.n_test, seed=0)
-    train_pairs = applications.number_pairs(train_numbers)
-    test_pairs = applications.number_pairs(test_numbers)
-    text = "".join(chat.format_conversation(list(p)) for p in train_pairs)
-    tok = BPETokenizer.train(text, vocab_size=400)  # as chapter 9
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=BLOCK, n_layer=2, n_head=4,
-                          n_embd=128))  # fmt: skip
-
+    names = [n for n in args.experiments.split(",") if n]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown or not names:
+        parser.error(f"unknown experiments {unknown}; choose from {', '.join(EXPERIMENTS)}")
     started = time.perf_counter()
-    train_set = chat.ChatDataset(train_pairs, tok, block_size=BLOCK)
-    chat.finetune_chat(model, train_set, steps=args.sft_steps, batch_size=32, lr=3e-3,
-                       warmup_steps=min(20, args.sft_steps))  # fmt: skip
+    task = number_task(args.sft_steps, numbers=args.numbers, n_test=args.n_test, seed=0)
     sft_seconds = time.perf_counter() - started
-    before = exact_scores(model, tok, test_pairs)
+    sft, tok, test_pairs = task.model, task.tokenizer, task.test_pairs
+    before = greedy_scores(sft, tok, test_pairs)
+    prompts, references = task.prompts, task.references
+    test_prompts = [chat.tokenize_conversation([src], tok)[0] for src, _ in test_pairs[:60]]
+    eos = chat.end_token_id(tok)
+    frozen_sft = copy.deepcopy(sft)  # the reference of the KL measurement (gets frozen)
 
-    prompts = [chat.tokenize_conversation([src], tok)[0] for src, _ in train_pairs]
-    reward_fn = reward_from_text(tok, exact_answer_reward, [ref for _, ref in train_pairs])
-    started = time.perf_counter()
-    history = train_grpo(
-        model, prompts, reward_fn, steps=args.steps, group_size=args.group_size,
-        prompts_per_step=args.prompts_per_step, max_new_tokens=16,
-        eos_token_id=chat.end_token_id(tok), lr=args.lr, kl_coef=args.kl_coef,
-        warmup_steps=min(10, args.steps), checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=100 if args.checkpoint_dir else 0, tokenizer=tok,
-    )  # fmt: skip
-    grpo_seconds = time.perf_counter() - started
-    after = exact_scores(model, tok, test_pairs)
-    diff = paired_bootstrap(after, before, seed=0)
+    runs = {}
+    for name in names:
+        config = MAIN | EXPERIMENTS[name]
+        model = copy.deepcopy(sft)
+        started = time.perf_counter()
+        history = train_grpo(
+            model, prompts, reward_from_text(tok, REWARDS[config["reward"]], references),
+            steps=args.steps, group_size=config["group_size"],
+            prompts_per_step=config["prompts_per_step"], max_new_tokens=MAX_NEW_TOKENS,
+            eos_token_id=eos, lr=args.lr, kl_coef=config["kl_coef"],
+            warmup_steps=min(10, args.steps), seed=config["seed"], tokenizer=tok,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        after = greedy_scores(model, tok, test_pairs)
+        diff = paired_bootstrap(after["exact"], before["exact"], seed=0)
+        kl = sampled_kl(model, test_prompts, frozen_sft, samples_per_prompt=4,
+                        max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos)  # fmt: skip
+        runs[name] = {
+            "config": config,
+            "after": summary(after),
+            "improvement": {"estimate": diff.estimate, "low": diff.low, "high": diff.high},
+            "sampled_kl": {"mean": kl.mean, "stderr": kl.stderr, "n": kl.n},
+            "grpo_seconds": seconds,
+            "history": rounded(history.to_dict()),
+        }
+        em = runs[name]["after"]["exact_match"]["rate"]
+        print(f"{name}: exact match {sum(before['exact']) / len(before['exact']):.1%} -> {em:.1%}")
 
     results = {
         "task": "English number words -> Chinese numerals (gptlab.applications)",
@@ -94,23 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()
         },  # fmt: skip
-        "exact_match_before": interval(before),
-        "exact_match_after": interval(after),
-        "improvement": {"estimate": diff.estimate, "low": diff.low, "high": diff.high},
+        "main_config": MAIN,
+        "max_new_tokens": MAX_NEW_TOKENS,
         "sft_seconds": sft_seconds,
-        "grpo_seconds": grpo_seconds,
-        "final_kl": history.kl[-1],
-        "mean_reward_first_10": sum(history.mean_reward[:10]) / len(history.mean_reward[:10]),
-        "mean_reward_last_10": sum(history.mean_reward[-10:]) / len(history.mean_reward[-10:]),
-        "history": history.to_dict(),
+        "before": summary(before),
+        "runs": runs,
         "gptlab_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
     }
     with atomic_write(args.out, "w", encoding="utf-8") as f:
-        f.write(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    rate_before, rate_after = results["exact_match_before"], results["exact_match_after"]
-    print(f"held-out exact match {rate_before['rate']:.1%} -> {rate_after['rate']:.1%}")
+        f.write(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     return 0
 
 

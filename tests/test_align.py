@@ -350,3 +350,16 @@ def test_resolve_reference_choices() -> None:
         resolve_reference(base, base)
     with pytest.raises(ValueError, match="one of"):
         resolve_reference(base, "frozen")
+
+
+def test_char_overlap_reward_gives_partial_credit_and_can_be_hacked() -> None:
+    from gptlab.align import char_overlap_reward
+
+    assert char_overlap_reward("三百零五", "三百零五") == 1.0
+    assert char_overlap_reward("三百五", "三百零五") == 0.75
+    assert char_overlap_reward("七", "三百零五") == 0.0
+    assert char_overlap_reward("零一二三四五六七八九十百千万", "三百零五") == 1.0  # the hack
+    with pytest.raises(ValueError, match="empty"):
+        char_overlap_reward("三", "")
+    with pytest.raises(TypeError, match="decoded text"):
+        char_overlap_reward([1, 2], "三")

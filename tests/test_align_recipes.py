@@ -22,19 +22,24 @@ def recipe(name: str):
 def test_grpo_recipe_smoke_run(tmp_path) -> None:
     out = tmp_path / "grpo.json"
     argv = ["--steps", "2", "--sft-steps", "2", "--numbers", "300", "--n-test", "20",
-            "--prompts-per-step", "2", "--out", str(out)]  # fmt: skip
+            "--experiments", "main,partial_credit", "--out", str(out)]  # fmt: skip
     assert recipe("grpo").main(argv) == 0
     results = json.loads(out.read_text(encoding="utf-8"))
-    assert len(results["history"]["mean_reward"]) == 2
-    before = results["exact_match_before"]
+    assert list(results["runs"]) == ["main", "partial_credit"]
+    before = results["before"]["exact_match"]
     assert before["n"] == 20 and before["low"] <= before["rate"] <= before["high"]
-    assert results["final_kl"] >= 0 and results["grpo_seconds"] > 0
+    for run in results["runs"].values():
+        assert len(run["history"]["mean_reward"]) == 2 and run["grpo_seconds"] > 0
+        assert run["sampled_kl"]["n"] == 20 * 4
+    assert results["runs"]["partial_credit"]["config"]["reward"] == "partial_credit"
+    with pytest.raises(SystemExit):
+        recipe("grpo").main(["--experiments", "nonsense", "--out", str(out)])
 
 
 @pytest.mark.slow
 def test_dpo_recipe_smoke_run(tmp_path) -> None:
     out = tmp_path / "dpo.json"
-    argv = ["--steps", "2", "--sft-steps", "2", "--questions", "12", "--n-test", "4",
+    argv = ["--steps", "2", "--questions", "12", "--n-test", "4",
             "--samples", "4", "--out", str(out)]  # fmt: skip
     assert recipe("dpo").main(argv) == 0
     results = json.loads(out.read_text(encoding="utf-8"))
@@ -43,3 +48,5 @@ def test_dpo_recipe_smoke_run(tmp_path) -> None:
         "Answer in one word.", "Reply in lowercase.", "End your reply with a question.", "all",
     }  # fmt: skip
     assert results["follow_rate_before"]["all"]["n"] == 12  # 4 questions x 3 instructions
+    assert results["follow_rate_sft_on_chosen"]["all"]["n"] == 12
+    assert len(results["sft_on_chosen_losses"]) == 2 and results["sampled_kl_after"]["n"] == 48

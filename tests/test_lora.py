@@ -234,3 +234,12 @@ def test_adapter_save_and_verified_load(tmp_path):
         load_lora_adapter(base_model(), tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no LoRA layers"):
         save_lora_adapter(base_model(), tmp_path / "empty")
+
+    # an existing adapter is replaced only when asked, and no temporary file is left behind
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_lora_adapter(model, tmp_path / "adapter")
+    again = save_lora_adapter(model, tmp_path / "adapter", overwrite=True)
+    assert again["files"][ADAPTER_FILE] == sha256_file(weights) == manifest["files"][ADAPTER_FILE]
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == sorted(
+        [ADAPTER_FILE, "adapter.json"]
+    )

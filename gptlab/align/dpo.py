@@ -126,8 +126,12 @@ class DPOHistory:
 
     ``loss``: mean DPO loss of the batch; ``reward_margin`` / ``reward_accuracy``: mean implicit
     reward margin and share of pairs ordered correctly; ``chosen_reward`` / ``rejected_reward``:
-    mean implicit rewards; ``kl``: mean per-token k3 estimate of KL(policy || reference) on the
-    batch's chosen and rejected tokens (off-policy: a measure of drift, not the exact KL).
+    mean implicit rewards; ``kl``: mean per-token k3 estimate of the *reverse* KL(reference ||
+    policy) on the batch's chosen and rejected tokens. Those tokens were sampled from the
+    reference when the pairs are the reference model's own samples (as in ``recipes/dpo.py``),
+    which is what the estimator needs; KL(policy || reference) would need samples from the
+    policy (see :func:`gptlab.align.sampled_kl`), and the k3 formula for that direction, fed
+    reference samples, explodes as DPO pushes rejected tokens toward probability 0.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -244,7 +248,7 @@ def train_dpo(
             n = len(batch)
             out = dpo_loss(policy.total[:n], policy.total[n:], refs.total[:n], refs.total[n:], beta)
             norm = optimizer_step(model, optimizer, out.loss, settings.grad_clip)
-            kl = masked_mean(kl_k3(policy.tokens.detach(), refs.tokens), policy.mask)
+            kl = masked_mean(kl_k3(refs.tokens, policy.tokens.detach()), policy.mask)  # KL(ref||pi)
             history.steps.append(step)
             history.loss.append(float(out.loss.detach()))
             history.reward_margin.append(float(out.margins.mean()))

@@ -38,7 +38,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -53,12 +53,14 @@ from gptlab.sampling import generate
 __all__ = [
     "AVERAGING",
     "GRPOHistory",
+    "KLEstimate",
     "RewardFn",
     "group_normalized_rewards",
     "grpo_clip_loss",
     "grpo_loss",
     "kl_k3",
     "sample_group",
+    "sampled_kl",
     "train_grpo",
 ]
 
@@ -149,7 +151,9 @@ def grpo_clip_loss(
 
     ``policy_logprobs`` / ``old_logprobs`` ``(B, T)``, ``advantages`` ``(B,)`` or ``(B, 1)``.
     Returns the loss ``(B, T)`` (to be averaged with a mask) and a bool ``(B, T)`` that is True
-    where the clipped term was the smaller one, i.e. where the token gets no gradient.
+    where the clipped term was the smaller one, i.e. where the ratio has moved past the clip in
+    the direction the advantage wants and the token gets no gradient. (A token with advantage 0
+    gets no gradient either, and is not marked.)
     """
     _check_same_shape(policy_logprobs=policy_logprobs, old_logprobs=old_logprobs)
     if policy_logprobs.dim() != 2:
@@ -249,6 +253,69 @@ def sample_group(
             row = row[: row.index(eos_token_id) + 1]
         responses.append(row)
     return responses
+
+
+class KLEstimate(NamedTuple):
+    """A Monte Carlo estimate of a KL divergence in nats: mean, its standard error, samples."""
+
+    mean: float
+    stderr: float
+    n: int
+
+
+@torch.no_grad()
+def sampled_kl(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    reference: nn.Module | str,
+    *,
+    samples_per_prompt: int = 4,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    eos_token_id: int | None = None,
+    seed: int = 0,
+) -> KLEstimate:
+    r"""How far the policy has moved: the sequence-level KL(policy || reference), sampled.
+
+    For each prompt, ``samples_per_prompt`` responses are sampled from ``model`` (the policy);
+    each gives ``log pi(y|x) - log pi_ref(y|x)``, whose mean over samples from the policy is an
+    unbiased estimate of $\mathbb{D}_\text{KL}[\pi\,\|\,\pi_\text{ref}]$ per response (the
+    k1 estimator: single samples may be negative, the mean is not biased). ``reference`` is a
+    model or ``"lora"`` (the policy with its LoRA adapters switched off). The model runs in
+    eval mode; its mode is restored.
+    """
+    check_language_model(model)
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+        raise TypeError("prompts must be a non-empty list of token-id lists, one per prompt")
+    if not (reference == "lora" or isinstance(reference, nn.Module)):
+        raise ValueError(
+            f"reference must be a model or 'lora' (the LoRA-disabled policy), got {reference!r}; "
+            "a copy made now would equal the policy and give KL 0"
+        )
+    if reference is model:
+        raise ValueError("reference is the policy itself; pass the model before training")
+    check_int("samples_per_prompt", samples_per_prompt, 1)
+    check_int("seed", seed, 0)
+    ref = resolve_reference(model, reference)
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    diffs: list[float] = []
+    try:
+        for i, prompt in enumerate(prompts):
+            ids = as_ids(prompt, f"prompts[{i}]", model.config.vocab_size)
+            group = sample_group(
+                model, ids, samples_per_prompt, max_new_tokens, temperature=temperature,
+                eos_token_id=eos_token_id, generator=generator,
+            )  # fmt: skip
+            policy = sequence_logprobs(model, [ids] * len(group), group)
+            refs = reference_logprobs(model, ref, [ids] * len(group), group)
+            diffs += (policy.total - refs.total).double().tolist()
+    finally:
+        model.train(was_training)
+    values = torch.tensor(diffs, dtype=torch.float64)
+    stderr = float(values.std() / math.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+    return KLEstimate(float(values.mean()), stderr, len(diffs))
 
 
 @dataclass

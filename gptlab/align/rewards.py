@@ -7,10 +7,11 @@ answer checks reuse :mod:`gptlab.evaluate.verifiers`; format checks say whether 
 :func:`combine_rewards` mixes them with weights, and :func:`reward_from_text` turns one into
 the ``reward_fn(prompt_index, response_ids)`` that :func:`gptlab.align.grpo.train_grpo` calls.
 
-:func:`length_bonus_reward` and :func:`keyword_reward` are **meant to be hacked**: they pay for
-something that correlates with a good answer in the data (saying more, using the word
-"because") but can be produced without one, so a policy optimised against them learns to
-ramble or repeat the keyword. That is reward hacking (Goodhart's law) in a few lines.
+:func:`length_bonus_reward`, :func:`keyword_reward` and :func:`char_overlap_reward` are **meant
+to be hacked**: they pay for something that correlates with a good answer in the data (saying
+more, using the word "because", using the answer's characters) but can be produced without
+one, so a policy optimised against them learns to ramble, repeat the keyword or list every
+character it knows. That is reward hacking (Goodhart's law) in a few lines.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gptlab.evaluate.verifiers import exact_match, numeric_match, within_word_li
 __all__ = [
     "INSTRUCTIONS",
     "Reward",
+    "char_overlap_reward",
     "combine_rewards",
     "exact_answer_reward",
     "keyword_reward",
@@ -120,6 +122,19 @@ def keyword_reward(keyword: str, per_hit: float = 1.0) -> Reward:
         return per_hit * _text(response).lower().count(needle)
 
     return reward
+
+
+def char_overlap_reward(response: str, reference: Any) -> float:
+    """A hackable partial credit: the share of the reference's distinct characters that appear
+    anywhere in the response, in any order and any number of times.
+
+    Meant as "nearly right earns something" (``"三百五"`` for ``"三百零五"`` scores 0.75), but a
+    response that lists every character of the vocabulary scores 1.0 without being right.
+    """
+    wanted = set(_reference(reference))
+    if not wanted:
+        raise ValueError("the reference answer is empty; there is nothing to give credit for")
+    return len(wanted & set(_text(response))) / len(wanted)
 
 
 def combine_rewards(weighted: Sequence[tuple[float, Reward]]) -> Reward:

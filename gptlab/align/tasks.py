@@ -1,0 +1,275 @@
+"""The two tasks the alignment chapter and its recipes train on, built in one place.
+
+* **Numbers -> Chinese numerals** (chapter 9's task) for GRPO: :func:`number_task` trains the
+  task's BPE tokenizer and a 2-layer GPT with a *short* supervised fine-tune, so that the model
+  is right only some of the time and a verifier has something to reward.
+* **Instruction constraints** for DPO: chapter 8's chatbot is asked ChatterBot questions with
+  one of :data:`~gptlab.align.rewards.INSTRUCTIONS` appended ("Answer in one word.", ...).
+  :func:`build_preference_pairs` samples its replies and pairs one that follows the instruction
+  with one that does not; :func:`follow_rates` measures how often the greedy reply follows each
+  instruction on held-out questions. Both work with the book's chat format (``template="gptlab"``,
+  :mod:`gptlab.chat`) and with ChatML (``template="chatml"``, SmolLM2's template, rendered by
+  :func:`gptlab.pretrained.render_chatml`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from gptlab.align._checks import check_int, check_language_model
+from gptlab.align.dpo import PreferencePair
+from gptlab.align.grpo import sample_group
+from gptlab.align.rewards import INSTRUCTIONS
+
+__all__ = [
+    "CHATBOT_SYSTEM",
+    "TEMPLATES",
+    "NumberTask",
+    "build_preference_pairs",
+    "chatterbot_questions",
+    "follow_rates",
+    "greedy_instruction_replies",
+    "instruction_prompt",
+    "number_task",
+    "prompt_ids",
+]
+
+CHATBOT_SYSTEM = "A friendly chatbot."  # chapter 8's chatbot's system prompt
+TEMPLATES = ("gptlab", "chatml")
+
+
+@dataclass
+class NumberTask:
+    """Chapter 9's numbers task with a briefly fine-tuned model (see :func:`number_task`).
+
+    ``prompts[i]`` are the chat-format token ids asking for ``train_pairs[i]``'s numeral and
+    ``references[i]`` its answer; ``test_pairs`` are held out (no number in both).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    train_pairs: list[tuple[str, str]]
+    test_pairs: list[tuple[str, str]]
+    prompts: list[list[int]]
+    references: list[str]
+
+
+def number_task(
+    sft_steps: int = 150, *, numbers: int = 10_000, n_test: int = 300, seed: int = 0
+) -> NumberTask:
+    """Split ``0..numbers-1`` as chapter 9 does, train its 400-token BPE tokenizer and a 2-layer
+    GPT (block 48, 4 heads, width 128), and fine-tune it for ``sft_steps`` steps (batch 32,
+    learning rate 3e-3). Everything is seeded with ``seed``; the model is returned in eval mode.
+    """
+    from gptlab import applications, chat
+    from gptlab.model import GPT, GPTConfig
+    from gptlab.tokenizers import BPETokenizer
+    from gptlab.utils import seed_everything
+
+    check_int("sft_steps", sft_steps, 1)
+    check_int("numbers", numbers, 20)
+    check_int("n_test", n_test, 1)
+    if n_test >= numbers:
+        raise ValueError(f"n_test={n_test} must be smaller than numbers={numbers}")
+    seed_everything(seed)
+    train_numbers, test_numbers = applications.split_numbers(numbers, n_test, seed=seed)
+    train_pairs = applications.number_pairs(train_numbers)
+    test_pairs = applications.number_pairs(test_numbers)
+    text = "".join(chat.format_conversation(list(p)) for p in train_pairs)
+    tok = BPETokenizer.train(text, vocab_size=400)  # as chapter 9
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=2, n_head=4,
+                          n_embd=128))  # fmt: skip
+    train_set = chat.ChatDataset(train_pairs, tok, block_size=48)
+    chat.finetune_chat(model, train_set, steps=sft_steps, batch_size=32, lr=3e-3,
+                       warmup_steps=min(20, sft_steps))  # fmt: skip
+    model.eval()
+    prompts = [chat.tokenize_conversation([src], tok)[0] for src, _ in train_pairs]
+    return NumberTask(model, tok, train_pairs, test_pairs, prompts, [r for _, r in train_pairs])
+
+
+def chatterbot_questions(n_train: int, n_test: int) -> tuple[list[str], list[str]]:
+    """Distinct short (<= 60 characters) first user messages of ChatterBot's leak-free
+    (train, held-out) split of :func:`gptlab.chat.split_conversations`, at most ``n_train`` and
+    ``n_test`` of them."""
+    from gptlab import chat
+    from gptlab.data import load_corpus
+
+    check_int("n_train", n_train, 1)
+    check_int("n_test", n_test, 1)
+    train, test = chat.split_conversations(load_corpus("chatterbot").documents, 0.1, seed=0)
+
+    def firsts(docs: list, n: int) -> list[str]:
+        seen = dict.fromkeys(d.turns[0].strip() for d in docs if len(d.turns[0]) <= 60)
+        return list(seen)[:n]
+
+    return firsts(train, n_train), firsts(test, n_test)
+
+
+def instruction_prompt(question: str, instruction: str) -> str:
+    """The user message: the question, then the instruction (one of ``INSTRUCTIONS``)."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"question must be a non-empty string, got {question!r}")
+    if instruction not in INSTRUCTIONS:
+        raise ValueError(f"instruction must be one of {list(INSTRUCTIONS)}, got {instruction!r}")
+    return f"{question} {instruction}"
+
+
+def _check_questions(questions: Any) -> list[str]:
+    if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
+        raise TypeError("questions must be a non-empty list of strings")
+    return list(questions)
+
+
+def _check_template(template: Any) -> str:
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+    return template
+
+
+def prompt_ids(tokenizer: Any, message: str, system: str | None, template: str) -> list[int]:
+    """Token ids of a one-message conversation ready for the reply: the book's chat format
+    (``USER: ... BOT:``) or ChatML (``<|im_start|>assistant``; ``system=None`` keeps SmolLM2's
+    default system prompt)."""
+    from gptlab import chat
+    from gptlab.pretrained import render_chatml
+
+    if _check_template(template) == "gptlab":
+        return chat.tokenize_conversation([message], tokenizer, system)[0]
+    messages = [{"role": "user", "content": message}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    return tokenizer.encode(render_chatml(messages), allowed_special="all")
+
+
+def _end_id(tokenizer: Any, template: str) -> int:
+    from gptlab import chat
+
+    if template == "gptlab":
+        return chat.end_token_id(tokenizer)
+    ids = tokenizer.encode("<|im_end|>", allowed_special="all")
+    if len(ids) != 1:
+        raise ValueError("the tokenizer has no <|im_end|> token; ChatML needs one")
+    return ids[0]
+
+
+@torch.no_grad()
+def _greedy(model: nn.Module, prompts: list[list[int]], eos: int, max_new_tokens: int) -> list:
+    """Greedy replies (ids up to the end token), prompts of one length decoded as one batch."""
+    from gptlab.sampling import generate
+
+    device = next(model.parameters()).device
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    replies: list[list[int]] = [[] for _ in prompts]
+    for length, indices in sorted(by_length.items()):
+        for start in range(0, len(indices), 32):
+            chunk = indices[start : start + 32]
+            idx = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)
+            out = generate(model, idx, max_new_tokens, temperature=0.0, eos_token_id=eos)
+            for i, row in zip(chunk, out[:, length:].tolist(), strict=True):
+                replies[i] = row[: row.index(eos)] if eos in row else row
+    return replies
+
+
+def greedy_instruction_replies(
+    model: nn.Module,
+    tokenizer: Any,
+    questions: Sequence[str],
+    instruction: str,
+    *,
+    system: str | None = CHATBOT_SYSTEM,
+    template: str = "gptlab",
+    max_new_tokens: int = 24,
+) -> list[str]:
+    """The greedy reply to each question with ``instruction`` appended, decoded and stripped."""
+    from gptlab import applications
+
+    check_language_model(model)
+    questions = _check_questions(questions)
+    messages = [instruction_prompt(q, instruction) for q in questions]
+    if _check_template(template) == "gptlab":
+        return applications.greedy_replies(
+            model, tokenizer, messages, system=system, max_new_tokens=max_new_tokens
+        )
+    prompts = [prompt_ids(tokenizer, m, system, template) for m in messages]
+    eos = _end_id(tokenizer, template)
+    return [tokenizer.decode(r).strip() for r in _greedy(model, prompts, eos, max_new_tokens)]
+
+
+def follow_rates(
+    model: nn.Module,
+    tokenizer: Any,
+    questions: Sequence[str],
+    *,
+    system: str | None = CHATBOT_SYSTEM,
+    template: str = "gptlab",
+    max_new_tokens: int = 24,
+) -> dict[str, list[float]]:
+    """Per instruction: 1.0 or 0.0 per question, whether the greedy reply follows it."""
+    return {
+        instruction: [
+            check(reply, None)
+            for reply in greedy_instruction_replies(
+                model,
+                tokenizer,
+                questions,
+                instruction,
+                system=system,
+                template=template,
+                max_new_tokens=max_new_tokens,
+            )  # fmt: skip
+        ]
+        for instruction, check in INSTRUCTIONS.items()
+    }
+
+
+def build_preference_pairs(
+    model: nn.Module,
+    tokenizer: Any,
+    questions: Sequence[str],
+    *,
+    samples: int = 8,
+    system: str | None = CHATBOT_SYSTEM,
+    template: str = "gptlab",
+    max_new_tokens: int = 24,
+    seed: int = 0,
+) -> list[PreferencePair]:
+    """Preference pairs from the model's own samples, ranked by the instruction's verifier.
+
+    Question ``i`` gets instruction ``i % 3``; ``samples`` replies are sampled at temperature 1,
+    each checked; where some pass and some fail, one passing reply (chosen) and one failing
+    reply (rejected), drawn at random, form a pair. Questions whose replies all pass or all fail
+    give none. Raises if no question gives a pair.
+    """
+    check_language_model(model)
+    questions = _check_questions(questions)
+    check_int("samples", samples, 2, "; a pair needs a reply that passes and one that fails")
+    check_int("seed", seed, 0)
+    eos = _end_id(tokenizer, _check_template(template))
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    pairs = []
+    for i, question in enumerate(questions):
+        instruction = list(INSTRUCTIONS)[i % len(INSTRUCTIONS)]
+        prompt = prompt_ids(tokenizer, instruction_prompt(question, instruction), system, template)
+        replies = sample_group(model, prompt, samples, max_new_tokens, eos_token_id=eos,
+                               generator=generator)  # fmt: skip
+        passed, failed = [], []
+        for ids in replies:
+            reply = tokenizer.decode([t for t in ids if t != eos]).strip()
+            (passed if INSTRUCTIONS[instruction](reply, None) else failed).append(ids)
+        if passed and failed:
+            pairs.append(PreferencePair(prompt, rng.choice(passed), rng.choice(failed)))
+    if not pairs:
+        raise RuntimeError(
+            "no question got both a reply that follows its instruction and one that does not; "
+            "raise samples or pass more questions"
+        )
+    return pairs
