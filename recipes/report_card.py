@@ -51,6 +51,7 @@ from gptlab.evaluate import (
     evaluate_suite,
     load_code_benchmark,
     load_multiple_choice_set,
+    score_dict,
     write_report,
 )
 from gptlab.evaluate.benchmarks import EVALUATION_DIR
@@ -106,20 +107,16 @@ def chat_code_score(model: Any, tokenizer: Any, bootstrap: dict[str, Any]) -> di
         n_resamples=bootstrap["n_resamples"],
         seed=bootstrap["seed"],
     )
-    return {
-        "value": interval.estimate,
-        "low": interval.low,
-        "high": interval.high,
-        "n": interval.n,
-        "confidence": interval.confidence,
-        "description": (
+    return score_dict(
+        interval,
+        description=(
             "share of the book's code problems whose greedy function passes the tests, asked "
             "in the chat template (applications.evaluate_chat_code)"
         ),
-        "protocol": f"applications.chat_code_prompt, greedy, max_new_tokens={CHAT_MAX_NEW_TOKENS}",
-        "outcomes": code.reasons(),
-        "per_problem": {pid: s.result.reason for pid, (s,) in code.samples.items()},
-    }
+        protocol=f"applications.chat_code_prompt, greedy, max_new_tokens={CHAT_MAX_NEW_TOKENS}",
+        outcomes=code.reasons(),
+        per_problem={pid: s.result.reason for pid, (s,) in code.samples.items()},
+    )
 
 
 def judge_pairs(limit: int | None = None) -> list[tuple[str, str, str]]:

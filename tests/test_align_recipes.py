@@ -50,3 +50,24 @@ def test_dpo_recipe_smoke_run(tmp_path) -> None:
     assert results["follow_rate_before"]["all"]["n"] == 12  # 4 questions x 3 instructions
     assert results["follow_rate_sft_on_chosen"]["all"]["n"] == 12
     assert len(results["sft_on_chosen_losses"]) == 2 and results["sampled_kl_after"]["n"] == 48
+
+
+@pytest.mark.slow
+def test_smollm2_dpo_recipe_first_steps(tmp_path) -> None:
+    """The SmolLM2 recipe's first steps: pairs from its own samples, one DPO step, the adapter
+    saved with its hash and loaded back onto a fresh SmolLM2."""
+    from gptlab import load_pretrained
+    from gptlab.lora import load_lora_adapter
+
+    out, adapter = tmp_path / "smollm2_dpo.json", tmp_path / "adapter"
+    argv = ["--questions", "15", "--n-test", "1", "--facts", "2", "--steps", "1",
+            "--out", str(out), "--adapter-dir", str(adapter)]  # fmt: skip
+    assert recipe("smollm2_dpo").main(argv) == 0
+    results = json.loads(out.read_text(encoding="utf-8"))
+    assert results["pairs"] >= 1 and len(results["history"]["loss"]) == 1
+    assert results["history"]["loss"][0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference
+    assert results["lora"]["parameters"] == 460_800  # rank 8 on q_proj and v_proj, 30 layers
+    assert results["follow_rate_before"]["all"]["n"] == 3 and results["facts_before"]["n"] == 2
+    model, _ = load_pretrained("smollm2-135m-instruct")
+    manifest = load_lora_adapter(model, adapter)
+    assert manifest["parameters"] == 460_800 and manifest["metadata"]["steps"] == 1

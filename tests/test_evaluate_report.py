@@ -8,7 +8,14 @@ import pytest
 import torch
 
 import gptlab
-from gptlab.evaluate.report import SUITES, evaluate_suite, report_markdown, write_report
+from gptlab.evaluate import bootstrap_ci
+from gptlab.evaluate.report import (
+    SUITES,
+    evaluate_suite,
+    report_markdown,
+    score_dict,
+    write_report,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +71,20 @@ def test_bad_suite_and_report_are_refused():
         evaluate_suite(model, gptlab.CharTokenizer.from_text("ab"), "huge")
     with pytest.raises(TypeError):
         report_markdown({"no": "scores"})
+
+
+def test_score_dict_carries_the_bootstrap_interval_then_the_extras():
+    scores = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    interval = bootstrap_ci(scores, n_resamples=500, seed=3)
+    score = score_dict(interval, description="toy", outcomes={"passed": 5, "failed": 3})
+    assert list(score) == ["value", "low", "high", "n", "confidence", "description", "outcomes"]
+    assert score["value"] == pytest.approx(5 / 8) == interval.estimate
+    assert (score["low"], score["high"]) == (interval.low, interval.high)
+    assert score["low"] < score["value"] < score["high"]
+    assert score["n"] == 8 and score["confidence"] == 0.95
+    assert score["outcomes"] == {"passed": 5, "failed": 3}
+    json.dumps(score)
+    with pytest.raises(ValueError, match="overwrite"):
+        score_dict(interval, n=3)
+    with pytest.raises(TypeError, match="Interval"):
+        score_dict({"value": 0.5})

@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
+import torch
 
 from gptlab import exercises
-from gptlab.exercises import NotSolved, check, exercise
+from gptlab.exercises import NotSolved, as_number, check, exercise
 
 
 @pytest.fixture
@@ -62,3 +64,36 @@ def test_require_callable_passes_functions_and_names_the_mistake():
     assert exercises.require_callable(f, "f", "3.1") is f
     with pytest.raises(NotSolved, match=r"check\('3.1', f\), not its result"):
         exercises.require_callable(f(2), "f", "3.1")
+
+
+@pytest.mark.parametrize(
+    "value, want",
+    [
+        (3, 3.0),
+        (0.25, 0.25),
+        (np.float32(0.5), 0.5),
+        (torch.tensor(2.5), 2.5),
+        (torch.tensor([[4.0]]), 4.0),
+    ],
+)
+def test_as_number_accepts_numbers_and_one_element_tensors(value, want):
+    got = as_number(value, "f")
+    assert type(got) is float and got == want
+
+
+@pytest.mark.parametrize(
+    "value, hint",
+    [
+        (True, "f must return a number, got a bool"),
+        (torch.tensor(False), "f must return a number, got a bool"),
+        ("0.5", "f must return a number, got str"),
+        (None, "f must return a number, got NoneType"),
+        (torch.tensor([1.0, 2.0]), "f must return a number, got Tensor"),
+        (float("nan"), "f returned nan; the answer is a finite number"),
+        (-float("inf"), "f returned -inf; the answer is a finite number"),
+    ],
+)
+def test_as_number_refuses_bools_text_and_non_finite_values(value, hint):
+    with pytest.raises(NotSolved) as info:
+        as_number(value, "f")
+    assert str(info.value) == hint

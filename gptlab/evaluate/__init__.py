@@ -65,7 +65,13 @@ from gptlab.evaluate.multiple_choice import (
     score_options,
 )
 from gptlab.evaluate.passk import mean_pass_at_k, pass_at_k
-from gptlab.evaluate.report import SUITES, evaluate_suite, report_markdown, write_report
+from gptlab.evaluate.report import (
+    SUITES,
+    evaluate_suite,
+    report_markdown,
+    score_dict,
+    write_report,
+)
 from gptlab.evaluate.sandbox import REASONS, ExecutionResult, run_many, run_tests
 from gptlab.evaluate.uncertainty import (
     Interval,
@@ -136,6 +142,7 @@ __all__ = [
     "run_many",
     "run_tests",
     "sample_completions",
+    "score_dict",
     "score_options",
     "sequence_nats",
     "shakespeare_cloze",

@@ -36,7 +36,14 @@ from gptlab.evaluate.likelihood import LN2, text_likelihood
 from gptlab.evaluate.multiple_choice import evaluate_multiple_choice
 from gptlab.evaluate.uncertainty import Interval, bootstrap_ci
 
-__all__ = ["SUITES", "SuiteSpec", "evaluate_suite", "report_markdown", "write_report"]
+__all__ = [
+    "SUITES",
+    "SuiteSpec",
+    "evaluate_suite",
+    "report_markdown",
+    "score_dict",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,20 @@ def _chunks(text: str, size: int) -> list[str]:
     return pieces
 
 
-def _score(interval: Interval, **extra: Any) -> dict[str, Any]:
+_SCORE_KEYS = ("value", "low", "high", "n", "confidence")
+
+
+def score_dict(interval: Interval, **extra: Any) -> dict[str, Any]:
+    """One report-card score as a JSON-ready dict: ``value`` (the estimate), its interval
+    ``low``..``high``, the ``n`` items it rests on and the ``confidence``, then ``extra``
+    (a description, per-item outcomes, ...) in the order given."""
+    if not isinstance(interval, Interval):
+        raise TypeError(
+            f"interval must be the Interval that bootstrap_ci() returns, got {type(interval).__name__}"
+        )
+    clash = sorted(set(extra) & set(_SCORE_KEYS))
+    if clash:
+        raise ValueError(f"extra fields {clash} would overwrite the interval's; rename them")
     return {
         "value": interval.estimate,
         "low": interval.low,
@@ -115,7 +135,7 @@ def evaluate_suite(
     code = evaluate_code(
         model, tokenizer, problems, max_new_tokens=spec.code_max_new_tokens, progress=progress
     )
-    scores["code_pass@1"] = _score(
+    scores["code_pass@1"] = score_dict(
         bootstrap_ci(code.per_problem_pass_at_k(1), **ci),
         description="share of the book's code problems whose greedy completion passes the tests",
         outcomes=code.reasons(),
@@ -124,7 +144,7 @@ def evaluate_suite(
 
     questions = load_multiple_choice_set()[: spec.mc_items]
     mc = evaluate_multiple_choice(model, tokenizer, questions)
-    scores["mc_accuracy"] = _score(
+    scores["mc_accuracy"] = score_dict(
         bootstrap_ci([float(c) for c in mc.correct], **ci),
         description="general-knowledge questions, 4 options, by per-byte log-likelihood",
         chance=mc.chance,
@@ -135,7 +155,7 @@ def evaluate_suite(
     cloze = evaluate_multiple_choice(
         model, tokenizer, shakespeare_cloze(spec.cloze_items, seed, plays=plays)
     )
-    scores["cloze_accuracy"] = _score(
+    scores["cloze_accuracy"] = score_dict(
         bootstrap_ci([float(c) for c in cloze.correct], **ci),
         description="which line comes next, 4 options, in plays the reference model never saw",
         chance=cloze.chance,
@@ -144,7 +164,7 @@ def evaluate_suite(
 
     texts = [c for p in plays for c in _chunks(p.text[: spec.bpb_chars_per_play], spec.chunk_chars)]
     parts = [p for p in text_likelihood(model, tokenizer, texts) if p.bytes > 0]
-    scores["bits_per_byte"] = _score(
+    scores["bits_per_byte"] = score_dict(
         bootstrap_ci(
             [p.nats / (LN2 * p.bytes) for p in parts], weights=[p.bytes for p in parts], **ci
         ),

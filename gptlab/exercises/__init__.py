@@ -8,12 +8,21 @@ hint (a string) when it is not; it may raise :class:`NotSolved` from deep inside
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NotSolved", "Exercise", "check", "exercise", "registered", "require_callable"]
+__all__ = [
+    "NotSolved",
+    "Exercise",
+    "as_number",
+    "check",
+    "exercise",
+    "registered",
+    "require_callable",
+]
 
 
 class NotSolved(Exception):
@@ -77,6 +86,28 @@ def require_callable(answer: Any, name: str, exercise_id: str) -> Callable[..., 
             f"pass your function itself, e.g. check({exercise_id!r}, {name}), not its result"
         )
     return answer
+
+
+def as_number(value: Any, name: str) -> float:
+    """The reader's answer ``value`` as a finite float; otherwise :class:`NotSolved` naming ``name``.
+
+    Numbers, NumPy scalars and one-element tensors pass. A bool is refused (``True`` is not the
+    answer 1), and so are strings (``"0.5"`` is text, not a number), anything else ``float()``
+    cannot read, and NaN or infinity.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string that names the answer, got {type(name).__name__}")
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
+        raise NotSolved(f"{name} must return a number, got a bool")
+    if isinstance(value, (str, bytes)):
+        raise NotSolved(f"{name} must return a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
+        raise NotSolved(f"{name} must return a number, got {type(value).__name__}") from None
+    if not math.isfinite(number):
+        raise NotSolved(f"{name} returned {number}; the answer is a finite number")
+    return number
 
 
 def check(exercise_id: str, answer: Any, *, quiet: bool = False) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import NotSolved, as_number, exercise
 
 __all__ = [
     "check_accumulate",
@@ -29,14 +29,6 @@ def _callable(answer: Any, example: str) -> Callable[..., Any]:
     if not callable(answer):
         raise NotSolved(f"pass your function itself, e.g. {example}, not its result")
     return answer
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise NotSolved(f"{what} must return a number, got {type(value).__name__}")
-    return float(value)
 
 
 def _rel_close(got: float, want: float, rel: float = 1e-6) -> bool:
@@ -55,7 +47,7 @@ def check_compute_optimal(compute_optimal: Any) -> str | None:
         got = fn(compute)
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             return f"{call} must return a tuple (n_params, n_tokens)"
-        n, d = (_number(v, call) for v in got)
+        n, d = (as_number(v, call) for v in got)
         want_n = math.sqrt(compute / 120)
         want_d = 20 * want_n
         if _rel_close(n, want_n, 1e-6) and _rel_close(d, want_d, 1e-6):
@@ -92,7 +84,7 @@ def check_training_hours(training_hours: Any) -> str | None:
     )
     for n_tokens, fpt, gpus, peak, mfu in cases:
         call = f"training_hours({n_tokens:.3g}, {fpt:.3g}, {gpus}, {peak:.3g}, {mfu})"
-        got = _number(fn(n_tokens, fpt, gpus, peak, mfu), call)
+        got = as_number(fn(n_tokens, fpt, gpus, peak, mfu), call)
         seconds = n_tokens * fpt / (gpus * peak * mfu)
         want = seconds / 3600
         if _rel_close(got, want, 1e-6):
@@ -206,7 +198,7 @@ def check_accumulate(accumulate: Any) -> str | None:
         y = torch.randint(11, (8, 8), generator=gen)
         want, loss = _reference_grads(k, x, y)
         model = _tiny_gpt(k)
-        got_loss = _number(fn(model, x.clone(), y.clone(), k), f"accumulate(model, x, y, k={k})")
+        got_loss = as_number(fn(model, x.clone(), y.clone(), k), f"accumulate(model, x, y, k={k})")
         got = {n: p.grad for n, p in model.named_parameters()}
         if any(g is None for g in got.values()):
             return "some parameters have no .grad: call backward() on every micro-batch's loss"

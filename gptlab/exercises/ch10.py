@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import NotSolved, as_number, exercise
 from gptlab.exercises import require_callable as _callable
 
 __all__ = [
@@ -47,14 +47,6 @@ def _tensor(out: Any, name: str) -> Tensor:
     if not isinstance(out, Tensor):
         raise NotSolved(f"{name} should return a torch.Tensor, got {type(out).__name__}")
     return out
-
-
-def _number(out: Any, name: str) -> float:
-    if isinstance(out, Tensor) and out.numel() == 1:
-        out = out.item()
-    if isinstance(out, bool) or not isinstance(out, (int, float)):
-        raise NotSolved(f"{name} should return a number (float), got {type(out).__name__}")
-    return float(out)
 
 
 def _close(a: Tensor, b: Tensor, atol: float) -> bool:
@@ -96,7 +88,7 @@ def check_word_probability(answer: Any) -> str | None:
         steps = logits[len(p_ids) - 1 : -1]  # the logits that predict each piece of the word
         logp = F.log_softmax(steps.double(), dim=-1)[torch.arange(len(w_ids)), w_ids]
         want = float(logp.sum().exp())
-        got = _number(word_probability(model, tok, prompt, word), "word_probability")
+        got = as_number(word_probability(model, tok, prompt, word), "word_probability")
         if math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-12):
             continue
         if len(w_ids) > 1 and math.isclose(got, float(logp[0].exp()), rel_tol=1e-4):
@@ -249,7 +241,7 @@ def check_membership_auc(answer: Any) -> str | None:
     ]  # fmt: skip
     for members, others in cases:
         want = membership_auc(members, others)
-        got = _number(auc(members.clone(), others.clone()), "auc")
+        got = as_number(auc(members.clone(), others.clone()), "auc")
         if math.isclose(got, want, abs_tol=1e-6):
             continue
         if math.isclose(got, 1.0 - want, abs_tol=1e-6):

@@ -9,12 +9,11 @@ recognises the usual mistakes so that the hint names the one the reader made.
 from __future__ import annotations
 
 import json
-import math
 import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import NotSolved, as_number, exercise
 from gptlab.exercises import require_callable as _callable
 from gptlab.serve.backend import TextAssembler
 
@@ -450,9 +449,7 @@ def check_retry_delay(answer: Any) -> str | None:
         out = []
         for seed in range(clients):
             d = _call(fn, attempt, retry_after, random.Random(seed), what=f"attempt={attempt}")
-            if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
-                raise NotSolved(f"return a finite number of seconds, got {d!r}")
-            out.append(float(d))
+            out.append(as_number(d, f"retry_delay(attempt={attempt}, ...)"))
         return out
 
     for attempt in (0, 3):

@@ -15,7 +15,7 @@ import numpy as np
 from gptlab.evaluate.likelihood import loss_to_bits_per_byte
 from gptlab.evaluate.passk import pass_at_k as _pass_at_k
 from gptlab.evaluate.uncertainty import bootstrap_ci
-from gptlab.exercises import NotSolved, exercise
+from gptlab.exercises import as_number, exercise
 from gptlab.exercises import require_callable as _callable
 
 __all__ = [
@@ -27,18 +27,6 @@ __all__ = [
 ]
 
 LN2 = math.log(2.0)
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool):
-        raise NotSolved(f"{name} must return a number, got a bool")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise NotSolved(f"{name} must return a number, got {type(value).__name__}") from None
-    if not math.isfinite(number):
-        raise NotSolved(f"{name} returned {number}; the answer is a finite number")
-    return number
 
 
 # --- reference answers -------------------------------------------------------------------------
@@ -71,7 +59,7 @@ def check_pass_at_k(answer: Any) -> str | None:
     for n, c, k in cases:
         want = _pass_at_k(n, c, k)
         try:
-            got = _number(fn(n, c, k), "pass_at_k")
+            got = as_number(fn(n, c, k), "pass_at_k")
         except OverflowError:
             return (
                 f"for n={n}, c={c}, k={k} your code overflowed: float factorials or binomials of "
@@ -105,7 +93,7 @@ def check_bits_per_byte_from_loss(answer: Any) -> str | None:
     fn = _callable(answer, "bits_per_byte", "13.2")
     for loss, n_tokens, n_bytes in ((4.29, 1000, 2920), (2.0, 500, 500), (1.1, 2402, 7998)):
         want = loss_to_bits_per_byte(loss, n_tokens, n_bytes)
-        got = _number(fn(loss, n_tokens, n_bytes), "bits_per_byte")
+        got = as_number(fn(loss, n_tokens, n_bytes), "bits_per_byte")
         if abs(got - want) <= 1e-9 * max(1.0, want):
             continue
         case = f"for loss={loss}, {n_tokens} tokens, {n_bytes} bytes you return {got:.6g}, expected {want:.6g}"
@@ -144,7 +132,7 @@ def check_percentile_interval(answer: Any) -> str | None:
         out = fn(list(scores), 4000, 1)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             return "return a pair (low, high)"
-        low, high = (_number(v, "percentile_interval") for v in out)
+        low, high = (as_number(v, "percentile_interval") for v in out)
         mean = float(np.mean(scores))
         case = f"for {n} items with mean {mean:.3f} you return ({low:.3f}, {high:.3f}), expected about ({ref.low:.3f}, {ref.high:.3f})"
         if not low <= mean <= high:
