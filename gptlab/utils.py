@@ -14,7 +14,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "cache_dir", "get_device", "seed_everything"]
+__all__ = ["atomic_write", "cache_dir", "get_device", "round_floats", "seed_everything"]
 
 _DEVICES = ("cpu", "cuda", "mps")
 
@@ -116,3 +116,17 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def round_floats(value: Any, digits: int = 6) -> Any:
+    """``value`` with every float inside (nested dicts and lists) rounded to ``digits``
+    significant digits, e.g. a training history before it is stored as JSON."""
+    if isinstance(digits, bool) or not isinstance(digits, int) or digits < 1:
+        raise ValueError(f"digits must be a positive int, got {digits!r}")
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: round_floats(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_floats(v, digits) for v in value]
+    return value

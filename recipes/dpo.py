@@ -43,28 +43,14 @@ from gptlab.align.tasks import (
     chatterbot_questions,
     follow_rates,
     instruction_prompt,
+    pooled_scores,
+    rate_table,
 )
-from gptlab.evaluate import bootstrap_ci, paired_bootstrap
+from gptlab.evaluate import paired_bootstrap
 from gptlab.lora import apply_lora
-from gptlab.utils import atomic_write, seed_everything
+from gptlab.utils import atomic_write, round_floats, seed_everything
 
 MAX_NEW_TOKENS = 24
-
-
-def interval(scores: list[float]) -> dict[str, float]:
-    ci = bootstrap_ci(scores, seed=0)
-    return {"rate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
-
-
-def rounded(value):
-    """Floats to 6 significant digits, so that the stored history stays small."""
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
-    return value
 
 
 def sft_on_chosen(model, pairs: list[PreferencePair], steps: int, lr: float) -> list[float]:
@@ -84,14 +70,6 @@ def sft_on_chosen(model, pairs: list[PreferencePair], steps: int, lr: float) -> 
         optimizer.step()
         losses.append(float(loss.detach()))
     return losses
-
-
-def overall(rates: dict[str, list[float]]) -> list[float]:
-    return [s for scores in rates.values() for s in scores]
-
-
-def rate_table(rates: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    return {k: interval(v) for k, v in rates.items()} | {"all": interval(overall(rates))}
 
 
 def examples(model, tok, test_questions: list[str]) -> dict[str, list[list[str]]]:
@@ -164,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     kl = sampled_kl(model, test_prompts, "lora", samples_per_prompt=4,
                     max_new_tokens=MAX_NEW_TOKENS, eos_token_id=chat.end_token_id(tok))  # fmt: skip
 
-    diff = paired_bootstrap(overall(after), overall(before), seed=0)
-    vs_baseline = paired_bootstrap(overall(after), overall(after_baseline), seed=0)
+    diff = paired_bootstrap(pooled_scores(after), pooled_scores(before), seed=0)
+    vs_baseline = paired_bootstrap(pooled_scores(after), pooled_scores(after_baseline), seed=0)
     results = {
         "task": "instruction constraints, preference pairs ranked by verifiers",
         "command": " ".join(["python", "recipes/dpo.py", *(argv or sys.argv[1:])]),
@@ -191,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         "pair_seconds": pair_seconds,
         "dpo_seconds": dpo_seconds,
         "sft_on_chosen_seconds": baseline_seconds,
-        "sft_on_chosen_losses": rounded(baseline_losses),
+        "sft_on_chosen_losses": round_floats(baseline_losses),
         "final_reward_accuracy": history.reward_accuracy[-1],
-        "history": rounded(history.to_dict()),
+        "history": round_floats(history.to_dict()),
         "gptlab_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),

@@ -38,10 +38,10 @@ from gptlab.align import (
     sampled_kl,
     train_grpo,
 )
-from gptlab.align.tasks import number_task
-from gptlab.evaluate import bootstrap_ci, paired_bootstrap
+from gptlab.align.tasks import number_task, rate_interval
+from gptlab.evaluate import paired_bootstrap
 from gptlab.tokenizers import BPETokenizer
-from gptlab.utils import atomic_write
+from gptlab.utils import atomic_write, round_floats
 
 MAX_NEW_TOKENS = 16
 REWARDS = {"exact": exact_answer_reward, "partial_credit": char_overlap_reward}
@@ -75,25 +75,9 @@ def greedy_scores(model: GPT, tok: BPETokenizer, pairs: list[tuple[str, str]]) -
     }
 
 
-def rounded(value):
-    """Floats to 6 significant digits, so that the stored history stays small."""
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
-    return value
-
-
-def interval(scores: list[float]) -> dict[str, float]:
-    ci = bootstrap_ci(scores, seed=0)
-    return {"rate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
-
-
 def summary(scores: dict) -> dict:
     return {
-        "exact_match": interval(scores["exact"]),
+        "exact_match": rate_interval(scores["exact"]),
         "partial_credit": sum(scores["partial"]) / len(scores["partial"]),
         "mean_chars": sum(scores["chars"]) / len(scores["chars"]),
         "examples": scores["examples"],
@@ -149,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "improvement": {"estimate": diff.estimate, "low": diff.low, "high": diff.high},
             "sampled_kl": {"mean": kl.mean, "stderr": kl.stderr, "n": kl.n},
             "grpo_seconds": seconds,
-            "history": rounded(history.to_dict()),
+            "history": round_floats(history.to_dict()),
         }
         em = runs[name]["after"]["exact_match"]["rate"]
         print(f"{name}: exact match {sum(before['exact']) / len(before['exact']):.1%} -> {em:.1%}")

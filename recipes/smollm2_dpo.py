@@ -35,11 +35,14 @@ from gptlab.align.tasks import (
     follow_rates,
     greedy_instruction_replies,
     instruction_prompt,
+    pooled_scores,
     prompt_ids,
+    rate_interval,
+    rate_table,
 )
-from gptlab.evaluate import bootstrap_ci, paired_bootstrap
+from gptlab.evaluate import paired_bootstrap
 from gptlab.lora import apply_lora, save_lora_adapter
-from gptlab.utils import atomic_write, seed_everything
+from gptlab.utils import atomic_write, round_floats, seed_everything
 
 MODEL = "smollm2-135m-instruct"
 TEMPLATE = "chatml"
@@ -63,30 +66,6 @@ FACTS = [
     ("What is the tallest animal?", "giraffe"),
     ("How many days are in a week?", "seven"),
 ]
-
-
-def interval(scores: list[float]) -> dict[str, float]:
-    ci = bootstrap_ci(scores, seed=0)
-    return {"rate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
-
-
-def rounded(value):
-    """Floats to 6 significant digits, so that the stored history stays small."""
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
-    return value
-
-
-def overall(rates: dict[str, list[float]]) -> list[float]:
-    return [s for scores in rates.values() for s in scores]
-
-
-def rate_table(rates: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    return {k: interval(v) for k, v in rates.items()} | {"all": interval(overall(rates))}
 
 
 def fact_scores(model, tok, facts: list, max_new_tokens: int) -> tuple[list[float], list[str]]:
@@ -168,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         save_lora_adapter(model, args.adapter_dir, overwrite=True, metadata={"base_model": MODEL,
                           "recipe": "recipes/smollm2_dpo.py", "steps": args.steps})  # fmt: skip
 
-    diff = paired_bootstrap(overall(after), overall(before), seed=0)
+    diff = paired_bootstrap(pooled_scores(after), pooled_scores(before), seed=0)
     fact_diff = paired_bootstrap(facts_after, facts_before, seed=0)
     results = {
         "task": "instruction constraints on SmolLM2-135M-Instruct, pairs ranked by verifiers",
@@ -186,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         "follow_rate_before": rate_table(before),
         "follow_rate_after": rate_table(after),
         "improvement": {"estimate": diff.estimate, "low": diff.low, "high": diff.high},
-        "facts_before": interval(facts_before),
-        "facts_after": interval(facts_after),
+        "facts_before": rate_interval(facts_before),
+        "facts_after": rate_interval(facts_after),
         "facts_change": {
             "estimate": fact_diff.estimate,
             "low": fact_diff.low,
@@ -204,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "pair_seconds": pair_seconds,
         "dpo_seconds": dpo_seconds,
         "total_seconds": time.perf_counter() - started_all,
-        "history": rounded(history.to_dict()),
+        "history": round_floats(history.to_dict()),
         "gptlab_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),

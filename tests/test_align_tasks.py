@@ -60,3 +60,23 @@ def test_pairs_follow_their_verifier_and_rates_are_per_instruction() -> None:
         tasks.build_preference_pairs(model, tok, train, samples=1)
     with pytest.raises(TypeError, match="non-empty list"):
         tasks.follow_rates(model, tok, "What?")
+
+
+def test_rate_table_pools_every_instruction_and_rounding_keeps_structure() -> None:
+    from gptlab.evaluate import bootstrap_ci
+    from gptlab.utils import round_floats
+
+    rates = {"a": [1.0, 0.0, 1.0, 1.0], "b": [0.0, 0.0, 1.0, 0.0]}
+    table = tasks.rate_table(rates)
+    assert list(table) == ["a", "b", "all"]
+    assert tasks.pooled_scores(rates) == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    ci = bootstrap_ci(tasks.pooled_scores(rates), seed=0)
+    assert table["all"] == {"rate": 0.5, "low": ci.low, "high": ci.high, "n": 8}
+    assert table["a"]["rate"] == 0.75 and table["b"]["n"] == 4
+    with pytest.raises(TypeError, match="follow_rates"):
+        tasks.rate_table([])
+    nested = {"x": [0.123456789, 2], "y": {"z": 1.0000004, "s": "t"}, "t": (1 / 3,)}
+    assert round_floats(nested) == {"x": [0.123457, 2], "y": {"z": 1.0, "s": "t"}, "t": [0.333333]}
+    assert round_floats(12345.678, digits=3) == 12300.0
+    with pytest.raises(ValueError, match="digits"):
+        round_floats(1.0, digits=0)

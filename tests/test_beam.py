@@ -37,7 +37,10 @@ def test_one_beam_is_greedy():
     prompt = torch.tensor([[3, 1, 4, 1, 5]])
     [best] = beam_search(model, prompt, 10, num_beams=1)
     assert best.ids == generate(model, prompt, 10, temperature=0)[0].tolist()
-    assert best.logprob == pytest.approx(_sequence_logprob(model, [3, 1, 4, 1, 5], best.ids[5:]))
+    # float32: the beam adds cached per-step log-probs, the check sums one full forward pass;
+    # the two differ by ~1e-7 depending on the CPU's kernels (1.1e-6 relative on this one)
+    want = _sequence_logprob(model, [3, 1, 4, 1, 5], best.ids[5:])
+    assert best.logprob == pytest.approx(want, rel=0, abs=1e-5)
 
 
 def test_enough_beams_find_the_likeliest_sequence_that_greedy_misses():

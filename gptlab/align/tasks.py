@@ -37,7 +37,10 @@ __all__ = [
     "greedy_instruction_replies",
     "instruction_prompt",
     "number_task",
+    "pooled_scores",
     "prompt_ids",
+    "rate_interval",
+    "rate_table",
 ]
 
 CHATBOT_SYSTEM = "A friendly chatbot."  # chapter 8's chatbot's system prompt
@@ -273,3 +276,28 @@ def build_preference_pairs(
             "raise samples or pass more questions"
         )
     return pairs
+
+
+def rate_interval(scores: Sequence[float], seed: int = 0) -> dict[str, float]:
+    """A success rate with its 95% bootstrap interval, as stored by the chapter's recipes:
+    ``{"rate", "low", "high", "n"}``."""
+    from gptlab.evaluate import bootstrap_ci
+
+    ci = bootstrap_ci(list(scores), seed=seed)
+    return {"rate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
+
+
+def rate_table(rates: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """:func:`rate_interval` for each instruction of :func:`follow_rates`'s result, and for all
+    of them pooled (``"all"``)."""
+    if not isinstance(rates, dict) or not rates:
+        raise TypeError("rates must be follow_rates()'s dict of instruction -> scores")
+    return {k: rate_interval(v) for k, v in rates.items()} | {
+        "all": rate_interval(pooled_scores(rates))
+    }
+
+
+def pooled_scores(rates: dict[str, list[float]]) -> list[float]:
+    """Every instruction's scores of :func:`follow_rates`'s result in one list, in order (the
+    items of a paired comparison over all instructions)."""
+    return [s for scores in rates.values() for s in scores]
