@@ -51,6 +51,7 @@ import torch
 __all__ = [
     "CODE_MODEL_DIR",
     "CODE_INSTRUCTION",
+    "NUMERAL_REQUEST",
     "chat_code_prompt",
     "chat_function",
     "chrf",
@@ -80,6 +81,8 @@ RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "applications
 # Standard-library packages that are data tables rather than code (codec maps, help texts).
 CODE_DATA_PACKAGES = ("encodings", "pydoc_data")
 MAX_NUMBER = 10**8  # both spellings are defined for 0 <= n < MAX_NUMBER (below one 亿)
+#: How chapter 8 asks a chat model (SmolLM2) for a numeral: ``NUMERAL_REQUEST + english words``.
+NUMERAL_REQUEST = "Write this number in Chinese numerals: "
 
 # --------------------------------------------------------------------------------------------
 # A synthetic translation task with exactly checkable answers
@@ -404,10 +407,11 @@ def first_function(text: str) -> str | None:
 
 
 def _model_and_tokenizer(model: Any, tokenizer: Any) -> None:
+    from gptlab.llama import Llama
     from gptlab.model import GPT
 
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a gptlab GPT, got {type(model).__name__}")
+    if not isinstance(model, (GPT, Llama)):
+        raise TypeError(f"model must be a gptlab GPT or Llama, got {type(model).__name__}")
     if not callable(getattr(tokenizer, "encode", None)) or not callable(
         getattr(tokenizer, "decode", None)
     ):
@@ -425,11 +429,13 @@ def greedy_replies(
     system: str | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 64,
+    template: str = "gptlab",
 ) -> list[str]:
     """The model's greedy reply to each message, in the chat format of :mod:`gptlab.chat`.
 
-    Each message becomes ``[SYSTEM ...] USER: message BOT:``; the reply is decoded up to
-    ``<|endoftext|>`` (or ``max_new_tokens``) and stripped. Prompts of equal token length are
+    Each message becomes ``[SYSTEM ...] USER: message BOT:`` (or, with ``template="chatml"``,
+    SmolLM2's ChatML, where ``system=None`` keeps its default system prompt); the reply is
+    decoded up to the end marker (or ``max_new_tokens``) and stripped. Prompts of equal token length are
     decoded together in batches, which gives the same tokens as one at a time (greedy decoding
     is deterministic) in a fraction of the time. Replies come back in the order of
     ``messages``.
@@ -443,9 +449,11 @@ def greedy_replies(
     for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    eos = end_token_id(tokenizer)
+    eos = end_token_id(tokenizer, template)
     device = next(model.parameters()).device
-    prompts = [tokenize_conversation([m], tokenizer, system)[0] for m in messages]
+    prompts = [
+        tokenize_conversation([m], tokenizer, system, template=template)[0] for m in messages
+    ]
     too_long = [
         i for i, p in enumerate(prompts) if len(p) + max_new_tokens > model.config.block_size
     ]

@@ -34,6 +34,12 @@ prompt, tags, user messages) with ``-100``, the ``ignore_index`` of
 :meth:`gptlab.model.GPT.forward`: the model is graded only on the replies it must learn to
 write, and on the ``<|endoftext|>`` that ends them.
 
+**ChatML.** The same functions speak ChatML, the template of SmolLM2 and many other chat models
+(``template="chatml"``): each message is ``<|im_start|>{role}\n{content}<|im_end|>\n``, the
+markers are special tokens, and the model learns the assistant's content and its ``<|im_end|>``.
+With ``system=None`` the conversation starts with SmolLM2's default system prompt, as its chat
+template does (:func:`gptlab.pretrained.render_chatml`).
+
 **The split.** :func:`split_conversations` deduplicates a dialogue corpus, keeps
 conversations that share a prompt or a passage on one side, and checks that no held-out
 exchange occurs in training, so a held-out reply loss measures replies the model never saw.
@@ -57,6 +63,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gptlab.llama import Llama
 from gptlab.model import GPT
 from gptlab.sampling import generate
 from gptlab.tokenizers import encode_plain
@@ -65,9 +72,12 @@ from gptlab.train import History, clip_gradients, configure_optimizer, lr_at
 __all__ = [
     "BOT_TAG",
     "CHAT_MODEL_DIR",
+    "CHATML_END",
+    "CHATML_START",
     "END_OF_TEXT",
     "IGNORE_INDEX",
     "SYSTEM_TAG",
+    "TEMPLATES",
     "USER_TAG",
     "ChatDataset",
     "ChatSession",
@@ -92,6 +102,9 @@ SYSTEM_TAG = "SYSTEM:\n"
 USER_TAG = "USER:\n"
 BOT_TAG = "\n\nBOT:\n"  # the blank line that ends a user message belongs to the bot's tag
 END_OF_TEXT = "<|endoftext|>"  # ends every bot reply (and the system prompt)
+CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"  # ChatML's markers (special tokens)
+#: The chat formats: the book's plain-text tags, and ChatML (SmolLM2's template).
+TEMPLATES = ("gptlab", "chatml")
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (F.cross_entropy default)
 #: Chapter 8's chatbot as ``recipes/chat_model.py`` ships it (the reference model's layout).
 CHAT_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "chat_model"
@@ -152,12 +165,15 @@ def _check_system(system: Any) -> str | None:
     return text
 
 
-def end_token_id(tokenizer: Any) -> int:
-    """The id of ``<|endoftext|>``, which ends every bot reply.
+def _check_template(template: Any) -> str:
+    if template not in TEMPLATES:
+        raise ValueError(
+            f"template must be one of {TEMPLATES} (the book's format or ChatML), got {template!r}"
+        )
+    return template
 
-    Works with a gptlab :class:`~gptlab.tokenizers.BPETokenizer` and a tiktoken encoding. A
-    tokenizer without that special token (e.g. a CharTokenizer) cannot mark the end of a reply.
-    """
+
+def _special_id(tokenizer: Any, marker: str, hint: str) -> int:
     encode = getattr(tokenizer, "encode", None)
     if encode is None:
         raise TypeError(
@@ -165,16 +181,33 @@ def end_token_id(tokenizer: Any) -> int:
             f"encoding), got {type(tokenizer).__name__}"
         )
     try:
-        ids = encode(END_OF_TEXT, allowed_special={END_OF_TEXT})
+        ids = encode(marker, allowed_special={marker})
     except (TypeError, ValueError, KeyError):
         ids = None
     if not isinstance(ids, list) or len(ids) != 1:
         raise TypeError(
-            f"the chat format ends each reply with the special token {END_OF_TEXT}, which "
-            f"{type(tokenizer).__name__} does not have; use a BPE tokenizer trained with it "
-            "(BPETokenizer.train(..., special_tokens=('<|endoftext|>',)) or the GPT-2 tokenizer)"
+            f"the chat format needs the special token {marker}, which "
+            f"{type(tokenizer).__name__} does not have; {hint}"
         )
     return int(ids[0])
+
+
+def end_token_id(tokenizer: Any, template: str = "gptlab") -> int:
+    """The id of the token that ends every bot reply: ``<|endoftext|>`` in the book's format,
+    ``<|im_end|>`` in ChatML.
+
+    Works with a gptlab :class:`~gptlab.tokenizers.BPETokenizer` and a tiktoken encoding. A
+    tokenizer without that special token (e.g. a CharTokenizer) cannot mark the end of a reply.
+    """
+    if _check_template(template) == "chatml":
+        _special_id(tokenizer, CHATML_START, "ChatML needs a tokenizer such as SmolLM2's")
+        return _special_id(tokenizer, CHATML_END, "ChatML needs a tokenizer such as SmolLM2's")
+    return _special_id(
+        tokenizer,
+        END_OF_TEXT,
+        "use a BPE tokenizer trained with it (BPETokenizer.train(..., "
+        "special_tokens=('<|endoftext|>',)) or the GPT-2 tokenizer)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,16 +224,22 @@ class ChatTurn:
 
 
 def conversation_segments(
-    turns: Sequence[str], system: str | None = None, *, add_generation_prompt: bool = True
+    turns: Sequence[str],
+    system: str | None = None,
+    *,
+    add_generation_prompt: bool = True,
+    template: str = "gptlab",
 ) -> list[ChatTurn]:
     """The pieces of a formatted conversation, each marked prompt or response.
 
-    ``turns`` alternate user, bot, user, ...; the bot's messages (and the ``<|endoftext|>``
-    after each) are the response pieces. If the last turn is the user's and
-    ``add_generation_prompt`` is true, the pieces end with the ``BOT:`` tag, ready for the model
-    to write the reply.
+    ``turns`` alternate user, bot, user, ...; the bot's messages (and the end marker after
+    each) are the response pieces. If the last turn is the user's and ``add_generation_prompt``
+    is true, the pieces end with the bot's tag, ready for the model to write the reply. In
+    ChatML (``template="chatml"``) ``system=None`` means SmolLM2's default system prompt.
     """
     texts = _check_turns(turns, allow_open=True)
+    if _check_template(template) == "chatml":
+        return _chatml_segments(texts, system, add_generation_prompt)
     pieces = _system_segments(_check_system(system))
     for i, text in enumerate(texts):
         if i % 2 == 0:  # user
@@ -213,37 +252,70 @@ def conversation_segments(
     return pieces
 
 
+def _chatml_segments(
+    texts: list[str], system: str | None, add_generation_prompt: bool
+) -> list[ChatTurn]:
+    from gptlab.pretrained import SMOLLM2_SYSTEM_PROMPT
+
+    def message(role: str, text: str, learn: bool) -> list[ChatTurn]:
+        return [
+            ChatTurn(CHATML_START, False),
+            ChatTurn(f"{role}\n", False),
+            ChatTurn(text, learn),
+            ChatTurn(CHATML_END, learn),  # the model learns to end its own turns
+            ChatTurn("\n", False),
+        ]
+
+    system = SMOLLM2_SYSTEM_PROMPT if system is None else _check_system(system)
+    pieces = message("system", system, False)
+    for i, text in enumerate(texts):
+        pieces += message("user" if i % 2 == 0 else "assistant", text, i % 2 == 1)
+    if len(texts) % 2 == 1 and add_generation_prompt:
+        pieces += [ChatTurn(CHATML_START, False), ChatTurn("assistant\n", False)]
+    return pieces
+
+
 def _system_segments(system: str | None) -> list[ChatTurn]:
     if system is None:
         return []
     return [ChatTurn(SYSTEM_TAG, False), ChatTurn(system, False), ChatTurn(END_OF_TEXT, False)]
 
 
-def _encode_segments(pieces: list[ChatTurn], tokenizer: Any) -> tuple[list[int], list[bool]]:
-    eos = end_token_id(tokenizer)
+def _encode_segments(
+    pieces: list[ChatTurn], tokenizer: Any, template: str = "gptlab"
+) -> tuple[list[int], list[bool]]:
+    end_token_id(tokenizer, template)  # a clear error if the tokenizer lacks the markers
+    markers = (END_OF_TEXT,) if template == "gptlab" else (CHATML_START, CHATML_END)
+    special = {m: _special_id(tokenizer, m, "") for m in markers}
     ids: list[int] = []
     is_response: list[bool] = []
     for piece in pieces:
-        piece_ids = [eos] if piece.text == END_OF_TEXT else encode_plain(tokenizer, piece.text)
+        if piece.text in special:
+            piece_ids = [special[piece.text]]
+        else:
+            piece_ids = encode_plain(tokenizer, piece.text)
         ids += piece_ids
         is_response += [piece.is_response] * len(piece_ids)
     return ids, is_response
 
 
-def format_conversation(turns: Sequence[str], system: str | None = None) -> str:
+def format_conversation(
+    turns: Sequence[str], system: str | None = None, *, template: str = "gptlab"
+) -> str:
     """The conversation as one string in the chat format (see the module docstring).
 
     Turns alternate user, bot, user, ...; a conversation that ends with the user's message ends
-    with ``"\\n\\nBOT:\\n"``, the prompt from which the model writes its reply.
+    with ``"\\n\\nBOT:\\n"`` (ChatML: ``"<|im_start|>assistant\\n"``), the prompt from which
+    the model writes its reply.
 
     >>> format_conversation(["Hi", "Hello!"])
     'USER:\\nHi\\n\\nBOT:\\nHello!<|endoftext|>'
     """
-    return "".join(p.text for p in conversation_segments(turns, system))
+    return "".join(p.text for p in conversation_segments(turns, system, template=template))
 
 
 def tokenize_conversation(
-    turns: Sequence[str], tokenizer: Any, system: str | None = None
+    turns: Sequence[str], tokenizer: Any, system: str | None = None, *, template: str = "gptlab"
 ) -> tuple[list[int], list[bool]]:
     """Token ids of the formatted conversation and, per token, whether it is part of a reply.
 
@@ -251,7 +323,8 @@ def tokenize_conversation(
     text with special tokens disabled; ``<|endoftext|>`` as its special id). For stripped
     messages this equals ``tokenizer.encode(format_conversation(turns, system))``.
     """
-    return _encode_segments(conversation_segments(turns, system), tokenizer)
+    pieces = conversation_segments(turns, system, template=template)
+    return _encode_segments(pieces, tokenizer, template)
 
 
 def _exchanges(texts: list[str]) -> list[list[str]]:
@@ -266,12 +339,13 @@ def build_example(
     *,
     system: str | None = None,
     mask_prompt: bool = True,
+    template: str = "gptlab",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training example: ``(input_ids, targets)``, two LongTensors of the same length.
 
     ``targets[t]`` is the token after ``input_ids[t]``, or ``-100`` (ignored by the loss) when
     ``mask_prompt`` is true and that next token belongs to the prompt: the system prompt, a
-    tag or a user message. Only the bot's replies and their ``<|endoftext|>`` are learned.
+    tag or a user message. Only the bot's replies and their end marker are learned.
     With ``mask_prompt=False`` every next token counts, as in pretraining.
 
     At most ``block_size`` positions are kept: the oldest exchanges are dropped first (the
@@ -286,7 +360,7 @@ def build_example(
     first = 0
     while True:
         kept = [t for ex in exchanges[first:] for t in ex]
-        ids, is_response = tokenize_conversation(kept, tokenizer, system)
+        ids, is_response = tokenize_conversation(kept, tokenizer, system, template=template)
         if len(ids) - 1 <= block_size or first == len(exchanges) - 1:
             break
         first += 1  # too long: drop the oldest exchange and try again
@@ -505,9 +579,11 @@ class ChatDataset(Dataset):
         *,
         system: str | None = None,
         mask_prompt: bool = True,
+        template: str = "gptlab",
     ) -> None:
         _check_int("block_size", block_size, 2)
-        self.pad_id = end_token_id(tokenizer)  # pads sit after the text: any id would do
+        self.pad_id = end_token_id(tokenizer, template)  # pads sit after the text: any id works
+        self.template = template
         self.block_size = block_size
         self.mask_prompt = mask_prompt
         self.examples: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -524,7 +600,12 @@ class ChatDataset(Dataset):
                 continue
             try:
                 example = build_example(
-                    turns, tokenizer, block_size, system=system, mask_prompt=mask_prompt
+                    turns,
+                    tokenizer,
+                    block_size,
+                    system=system,
+                    mask_prompt=mask_prompt,
+                    template=template,
                 )
             except ValueError as err:
                 if "nothing of the reply fits" not in str(err):
@@ -702,8 +783,8 @@ def finetune_chat(
     before training, every ``eval_interval`` steps (0 = only at the end) and after the last
     step. ``log_interval > 0`` prints a line every so many steps. The batch order is seeded.
     """
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a gptlab GPT, got {type(model).__name__}")
+    if not isinstance(model, (GPT, Llama)):
+        raise TypeError(f"model must be a gptlab GPT or Llama, got {type(model).__name__}")
     if not isinstance(train_set, ChatDataset):
         raise TypeError(
             f"train_set must be a ChatDataset, got {type(train_set).__name__}; "

@@ -36,6 +36,7 @@ __all__ = [
     "count_trainable_parameters",
     "ADAPTER_FILE",
     "AdapterFileError",
+    "LORA_DIR",
     "load_lora_adapter",
     "load_lora_state_dict",
     "lora_layers",
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")  # every Linear inside GPT-2's blocks
+#: Chapter 8's stored LoRA run on SmolLM2 (``recipes/smollm2_lora.py``): results and adapter.
+LORA_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "lora"
 
 
 def _check_rank(r: Any) -> None:

@@ -30,14 +30,16 @@ import gptlab
 from gptlab import __version__
 from gptlab.align import INSTRUCTIONS, sampled_kl, train_dpo
 from gptlab.align.tasks import (
+    FACTS,
     build_preference_pairs,
     chatterbot_questions,
+    fact_scores,
+    fact_summary,
     follow_rates,
     greedy_instruction_replies,
     instruction_prompt,
     pooled_scores,
     prompt_ids,
-    rate_interval,
     rate_table,
 )
 from gptlab.evaluate import paired_bootstrap
@@ -47,35 +49,6 @@ from gptlab.utils import atomic_write, round_floats, seed_everything
 MODEL = "smollm2-135m-instruct"
 TEMPLATE = "chatml"
 TARGETS = ("q_proj", "v_proj")
-# Questions with a one-word answer: does the tuned model still know them?
-FACTS = [
-    ("What is the capital of France?", "paris"),
-    ("What is the capital of Japan?", "tokyo"),
-    ("What is the capital of Italy?", "rome"),
-    ("What is the largest planet in the solar system?", "jupiter"),
-    ("What is the chemical symbol for gold?", "au"),
-    ("Which planet is known as the Red Planet?", "mars"),
-    ("What gas do plants absorb from the air?", "carbon"),
-    ("How many legs does a spider have?", "eight"),
-    ("What is the largest ocean on Earth?", "pacific"),
-    ("Who wrote Romeo and Juliet?", "shakespeare"),
-    ("What is the freezing point of water in degrees Celsius?", "0"),
-    ("What language is spoken in Brazil?", "portuguese"),
-    ("What is the opposite of hot?", "cold"),
-    ("What color is the sky on a clear day?", "blue"),
-    ("What is the tallest animal?", "giraffe"),
-    ("How many days are in a week?", "seven"),
-]
-
-
-def fact_scores(model, tok, facts: list, max_new_tokens: int) -> tuple[list[float], list[str]]:
-    """1.0 when the reply to a factual question (asked for one word) contains the answer."""
-    replies = greedy_instruction_replies(
-        model, tok, [q for q, _ in facts], "Answer in one word.", system=None,
-        template=TEMPLATE, max_new_tokens=max_new_tokens,
-    )  # fmt: skip
-    scores = [float(a in reply.lower()) for reply, (_, a) in zip(replies, facts, strict=True)]
-    return scores, replies
 
 
 def examples(model, tok, questions: list[str], max_new_tokens: int) -> dict[str, list[str]]:
@@ -115,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = gptlab.load_pretrained(MODEL)
     train_q, test_q = chatterbot_questions(args.questions, args.n_test)
     before = follow_rates(model, tok, test_q, system=None, template=TEMPLATE, max_new_tokens=m)
-    facts_before, fact_replies_before = fact_scores(model, tok, facts, m)
+    facts_before, fact_replies_before = fact_scores(
+        model, tok, facts, template=TEMPLATE, max_new_tokens=m
+    )
     examples_before = examples(model, tok, test_q[:3], m)
 
     started = time.perf_counter()
@@ -135,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     dpo_seconds = time.perf_counter() - started
     model.eval()
     after = follow_rates(model, tok, test_q, system=None, template=TEMPLATE, max_new_tokens=m)
-    facts_after, fact_replies_after = fact_scores(model, tok, facts, m)
+    facts_after, fact_replies_after = fact_scores(
+        model, tok, facts, template=TEMPLATE, max_new_tokens=m
+    )
     kl_prompts = [
         prompt_ids(tok, instruction_prompt(q, instruction), None, TEMPLATE)
         for instruction in INSTRUCTIONS
@@ -148,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
                           "recipe": "recipes/smollm2_dpo.py", "steps": args.steps})  # fmt: skip
 
     diff = paired_bootstrap(pooled_scores(after), pooled_scores(before), seed=0)
-    fact_diff = paired_bootstrap(facts_after, facts_before, seed=0)
     results = {
         "task": "instruction constraints on SmolLM2-135M-Instruct, pairs ranked by verifiers",
         "command": " ".join(["python", "recipes/smollm2_dpo.py", *(argv or sys.argv[1:])]),
@@ -165,17 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         "follow_rate_before": rate_table(before),
         "follow_rate_after": rate_table(after),
         "improvement": {"estimate": diff.estimate, "low": diff.low, "high": diff.high},
-        "facts_before": rate_interval(facts_before),
-        "facts_after": rate_interval(facts_after),
-        "facts_change": {
-            "estimate": fact_diff.estimate,
-            "low": fact_diff.low,
-            "high": fact_diff.high,
-        },  # fmt: skip
-        "fact_replies": [
-            [q, a, b]
-            for (q, _), a, b in zip(facts, fact_replies_before, fact_replies_after, strict=True)
-        ],  # fmt: skip
+        **fact_summary(
+            facts, (facts_before, fact_replies_before), (facts_after, fact_replies_after)
+        ),
         "test_questions": test_q[:3],
         "examples_before": examples_before,
         "examples_after": examples(model, tok, test_q[:3], m),

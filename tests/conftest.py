@@ -38,3 +38,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def load_recipe():
+    """``load_recipe("dpo")`` imports ``recipes/dpo.py`` as a module (recipes are scripts, not
+    a package), so a test can call its ``main(argv)`` or its functions."""
+    import importlib.util
+    import pathlib
+
+    folder = pathlib.Path(__file__).resolve().parents[1] / "recipes"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"recipe_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

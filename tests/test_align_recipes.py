@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_grpo_recipe_smoke_run(tmp_path) -> None:
+def test_grpo_recipe_smoke_run(tmp_path, load_recipe) -> None:
     out = tmp_path / "grpo.json"
     argv = ["--steps", "2", "--sft-steps", "2", "--numbers", "300", "--n-test", "20",
             "--experiments", "main,partial_credit", "--out", str(out)]  # fmt: skip
-    assert recipe("grpo").main(argv) == 0
+    assert load_recipe("grpo").main(argv) == 0
     results = json.loads(out.read_text(encoding="utf-8"))
     assert list(results["runs"]) == ["main", "partial_credit"]
     before = results["before"]["exact_match"]
@@ -33,15 +22,15 @@ def test_grpo_recipe_smoke_run(tmp_path) -> None:
         assert run["sampled_kl"]["n"] == 20 * 4
     assert results["runs"]["partial_credit"]["config"]["reward"] == "partial_credit"
     with pytest.raises(SystemExit):
-        recipe("grpo").main(["--experiments", "nonsense", "--out", str(out)])
+        load_recipe("grpo").main(["--experiments", "nonsense", "--out", str(out)])
 
 
 @pytest.mark.slow
-def test_dpo_recipe_smoke_run(tmp_path) -> None:
+def test_dpo_recipe_smoke_run(tmp_path, load_recipe) -> None:
     out = tmp_path / "dpo.json"
     argv = ["--steps", "2", "--questions", "12", "--n-test", "4",
             "--samples", "4", "--out", str(out)]  # fmt: skip
-    assert recipe("dpo").main(argv) == 0
+    assert load_recipe("dpo").main(argv) == 0
     results = json.loads(out.read_text(encoding="utf-8"))
     assert results["pairs"] >= 1 and len(results["history"]["loss"]) == 2
     assert set(results["follow_rate_after"]) == {
@@ -53,16 +42,16 @@ def test_dpo_recipe_smoke_run(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_dpo_recipe_first_steps(tmp_path) -> None:
+def test_smollm2_dpo_recipe_first_steps(tmp_path, load_recipe) -> None:
     """The SmolLM2 recipe's first steps: pairs from its own samples, one DPO step, the adapter
     saved with its hash and loaded back onto a fresh SmolLM2."""
     from gptlab import load_pretrained
     from gptlab.lora import load_lora_adapter
 
     out, adapter = tmp_path / "smollm2_dpo.json", tmp_path / "adapter"
-    argv = ["--questions", "15", "--n-test", "1", "--facts", "2", "--steps", "1",
-            "--out", str(out), "--adapter-dir", str(adapter)]  # fmt: skip
-    assert recipe("smollm2_dpo").main(argv) == 0
+    argv = ["--questions", "6", "--samples", "8", "--max-new-tokens", "24", "--n-test", "1",
+            "--facts", "2", "--steps", "1", "--out", str(out), "--adapter-dir", str(adapter)]  # fmt: skip
+    assert load_recipe("smollm2_dpo").main(argv) == 0
     results = json.loads(out.read_text(encoding="utf-8"))
     assert results["pairs"] >= 1 and len(results["history"]["loss"]) == 1
     assert results["history"]["loss"][0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference

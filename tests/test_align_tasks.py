@@ -80,3 +80,19 @@ def test_rate_table_pools_every_instruction_and_rounding_keeps_structure() -> No
     assert round_floats(12345.678, digits=3) == 12300.0
     with pytest.raises(ValueError, match="digits"):
         round_floats(1.0, digits=0)
+
+
+def test_fact_scores_score_containment_of_the_answer() -> None:
+    model, tok = chat.load_chat_model()
+    model.eval()
+    facts = [("What is the capital of France?", "paris"), ("What is AI?", "")]
+    scores, replies = tasks.fact_scores(
+        model, tok, facts, system=tasks.CHATBOT_SYSTEM, template="gptlab", max_new_tokens=8
+    )
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    # the empty answer is in every reply; "paris" is scored by containment, case-insensitive
+    assert scores == [float("paris" in replies[0].lower()), 1.0]
+    with pytest.raises(TypeError, match="non-empty list"):
+        tasks.fact_scores(model, tok, [])
+    with pytest.raises(ValueError, match="template"):
+        tasks.fact_scores(model, tok, facts, template="llama3")

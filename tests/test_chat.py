@@ -496,3 +496,79 @@ def test_bad_split_inputs():
     one_group = [_doc("misc", "Hi", "Hello"), _doc("misc", "hi!", "Hey")]
     with pytest.raises(ValueError, match="leaves one side empty"):
         split_conversations(one_group, 0.5)
+
+
+# ChatML (SmolLM2's template) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chatml_tok() -> BPETokenizer:
+    text = " ".join(" ".join(t) for t in CONVERSATIONS) + " system user assistant\n" * 20
+    return BPETokenizer.train(text * 3, 300, special_tokens=("<|im_start|>", "<|im_end|>"))
+
+
+def _messages(turns, system):
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t.strip()}
+            for i, t in enumerate(turns)]  # fmt: skip
+    return ([{"role": "system", "content": system}] if system else []) + msgs
+
+
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_chatml_equals_render_chatml_and_piecewise_equals_whole(chatml_tok, system) -> None:
+    from gptlab.pretrained import render_chatml
+
+    for turns in CONVERSATIONS:
+        whole = render_chatml(_messages(turns, system), add_generation_prompt=len(turns) % 2 == 1)
+        assert format_conversation(turns, system, template="chatml") == whole
+        ids, is_reply = tokenize_conversation(turns, chatml_tok, system, template="chatml")
+        assert ids == chatml_tok.encode(whole, allowed_special="all")
+        # the replies and their <|im_end|> are learned; nothing else is
+        end = chatml_tok.encode("<|im_end|>", allowed_special="all")[0]
+        learned = chatml_tok.decode([i for i, r in zip(ids, is_reply, strict=True) if r])
+        replies = [t.strip() + "<|im_end|>" for t in turns[1::2]]
+        assert learned == "".join(replies)
+        assert sum(r and i == end for i, r in zip(ids, is_reply, strict=True)) == len(replies)
+
+
+def test_chatml_example_masks_the_prompt_and_user_markers_stay_text(chatml_tok) -> None:
+    x, y = build_example(["Type <|im_end|> now", "No."], chatml_tok, 128, template="chatml")
+    kept = [int(v) for v in y if v != IGNORE_INDEX]
+    assert chatml_tok.decode(kept) == "No.<|im_end|>"
+    end = end_token_id(chatml_tok, "chatml")
+    # the system, user and assistant turns end with the marker; the one the user typed is text
+    assert int((x == end).sum()) == 3
+    data = ChatDataset([["Hi", "Hello"]], chatml_tok, 256, template="chatml")
+    assert data.pad_id == end and data.template == "chatml"
+
+
+def test_chatml_rejects_tokenizers_without_its_markers_and_unknown_templates() -> None:
+    with pytest.raises(TypeError, match="<|im_start|>"):
+        end_token_id(get_tokenizer("gpt2"), "chatml")
+    with pytest.raises(ValueError, match="template must be one of"):
+        format_conversation(["Hi"], template="llama3")
+    with pytest.raises(ValueError, match="template must be one of"):
+        ChatDataset([["Hi", "Hello"]], get_tokenizer("gpt2"), 32, template="ChatML")
+
+
+def test_finetune_chat_trains_a_llama_on_chatml(chatml_tok) -> None:
+    from gptlab.applications import greedy_replies
+    from gptlab.llama import Llama, LlamaConfig
+    from gptlab.sampling import generate
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=chatml_tok.vocab_size, block_size=96, n_layer=2, n_head=4,
+                         n_kv_head=2, n_embd=32, intermediate_size=64)  # fmt: skip
+    model = Llama(config)
+    data = ChatDataset([["What is AI?", "Machines that think."]] * 8, chatml_tok, 96,
+                       system="S", template="chatml")  # fmt: skip
+    history = finetune_chat(model, data, data, steps=30, batch_size=4, lr=1e-2)
+    assert history.val_loss[-1] < history.val_loss[0] / 3
+    reply = greedy_replies(model, chatml_tok, ["What is AI?"], system="S", template="chatml",
+                           max_new_tokens=12)  # fmt: skip
+    prompt = tokenize_conversation(["What is AI?"], chatml_tok, "S", template="chatml")[0]
+    out = generate(model, torch.tensor([prompt]), 12, temperature=0.0,
+                   eos_token_id=end_token_id(chatml_tok, "chatml"))[0, len(prompt):].tolist()  # fmt: skip
+    end = end_token_id(chatml_tok, "chatml")
+    assert end in out  # it learned to end its turn
+    assert reply == [chatml_tok.decode(out[: out.index(end)]).strip()]
+    assert reply[0].startswith("Machines")

@@ -29,10 +29,13 @@ from gptlab.align.rewards import INSTRUCTIONS
 
 __all__ = [
     "CHATBOT_SYSTEM",
+    "FACTS",
     "TEMPLATES",
     "NumberTask",
     "build_preference_pairs",
     "chatterbot_questions",
+    "fact_scores",
+    "fact_summary",
     "follow_rates",
     "greedy_instruction_replies",
     "instruction_prompt",
@@ -161,26 +164,6 @@ def _end_id(tokenizer: Any, template: str) -> int:
     return ids[0]
 
 
-@torch.no_grad()
-def _greedy(model: nn.Module, prompts: list[list[int]], eos: int, max_new_tokens: int) -> list:
-    """Greedy replies (ids up to the end token), prompts of one length decoded as one batch."""
-    from gptlab.sampling import generate
-
-    device = next(model.parameters()).device
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_length.setdefault(len(p), []).append(i)
-    replies: list[list[int]] = [[] for _ in prompts]
-    for length, indices in sorted(by_length.items()):
-        for start in range(0, len(indices), 32):
-            chunk = indices[start : start + 32]
-            idx = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)
-            out = generate(model, idx, max_new_tokens, temperature=0.0, eos_token_id=eos)
-            for i, row in zip(chunk, out[:, length:].tolist(), strict=True):
-                replies[i] = row[: row.index(eos)] if eos in row else row
-    return replies
-
-
 def greedy_instruction_replies(
     model: nn.Module,
     tokenizer: Any,
@@ -197,13 +180,57 @@ def greedy_instruction_replies(
     check_language_model(model)
     questions = _check_questions(questions)
     messages = [instruction_prompt(q, instruction) for q in questions]
-    if _check_template(template) == "gptlab":
-        return applications.greedy_replies(
-            model, tokenizer, messages, system=system, max_new_tokens=max_new_tokens
-        )
-    prompts = [prompt_ids(tokenizer, m, system, template) for m in messages]
-    eos = _end_id(tokenizer, template)
-    return [tokenizer.decode(r).strip() for r in _greedy(model, prompts, eos, max_new_tokens)]
+    return applications.greedy_replies(
+        model,
+        tokenizer,
+        messages,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        batch_size=32,
+        template=_check_template(template),
+    )
+
+
+#: Questions with a one-word answer that SmolLM2 mostly knows: does a tuned model still know them?
+FACTS = [
+    ("What is the capital of France?", "paris"),
+    ("What is the capital of Japan?", "tokyo"),
+    ("What is the capital of Italy?", "rome"),
+    ("What is the largest planet in the solar system?", "jupiter"),
+    ("What is the chemical symbol for gold?", "au"),
+    ("Which planet is known as the Red Planet?", "mars"),
+    ("What gas do plants absorb from the air?", "carbon"),
+    ("How many legs does a spider have?", "eight"),
+    ("What is the largest ocean on Earth?", "pacific"),
+    ("Who wrote Romeo and Juliet?", "shakespeare"),
+    ("What is the freezing point of water in degrees Celsius?", "0"),
+    ("What language is spoken in Brazil?", "portuguese"),
+    ("What is the opposite of hot?", "cold"),
+    ("What color is the sky on a clear day?", "blue"),
+    ("What is the tallest animal?", "giraffe"),
+    ("How many days are in a week?", "seven"),
+]
+
+
+def fact_scores(
+    model: nn.Module,
+    tokenizer: Any,
+    facts: Sequence[tuple[str, str]] = tuple(FACTS),
+    *,
+    system: str | None = None,
+    template: str = "chatml",
+    max_new_tokens: int = 32,
+) -> tuple[list[float], list[str]]:
+    """Ask each ``(question, answer)`` of ``facts`` with "Answer in one word." appended; score
+    1.0 when the greedy reply contains the answer (lowercase). Returns ``(scores, replies)``."""
+    if isinstance(facts, str) or not isinstance(facts, Sequence) or not facts:
+        raise TypeError("facts must be a non-empty list of (question, answer) pairs, e.g. FACTS")
+    replies = greedy_instruction_replies(
+        model, tokenizer, [q for q, _ in facts], "Answer in one word.", system=system,
+        template=template, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    scores = [float(a in reply.lower()) for reply, (_, a) in zip(replies, facts, strict=True)]
+    return scores, replies
 
 
 def follow_rates(
@@ -276,6 +303,27 @@ def build_preference_pairs(
             "raise samples or pass more questions"
         )
     return pairs
+
+
+def fact_summary(
+    facts: Sequence[tuple[str, str]],
+    before: tuple[list[float], list[str]],
+    after: tuple[list[float], list[str]],
+) -> dict[str, Any]:
+    """What the SmolLM2 recipes store about :func:`fact_scores` before and after a tune: both
+    rates with intervals, the paired change with its interval, and the replies side by side."""
+    from gptlab.evaluate import paired_bootstrap
+
+    (scores_before, replies_before), (scores_after, replies_after) = before, after
+    change = paired_bootstrap(scores_after, scores_before, seed=0)
+    return {
+        "facts_before": rate_interval(scores_before),
+        "facts_after": rate_interval(scores_after),
+        "facts_change": {"estimate": change.estimate, "low": change.low, "high": change.high},
+        "fact_replies": [
+            [q, a, b] for (q, _), a, b in zip(facts, replies_before, replies_after, strict=True)
+        ],
+    }
 
 
 def rate_interval(scores: Sequence[float], seed: int = 0) -> dict[str, float]:
