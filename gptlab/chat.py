@@ -217,10 +217,13 @@ def end_token_id(tokenizer: Any, template: str = "gptlab") -> int:
 
 @dataclass(frozen=True)
 class ChatTurn:
-    """One piece of a formatted conversation: its text and whether the model learns to write it."""
+    """One piece of a formatted conversation: its text, whether the model learns to write it, and
+    whether it is a marker (a special token) rather than text. Only the format's own pieces are
+    markers: a message that happens to read ``<|endoftext|>`` is encoded as text."""
 
     text: str
     is_response: bool
+    special: bool = False
 
 
 def conversation_segments(
@@ -248,7 +251,7 @@ def conversation_segments(
                 pieces.append(ChatTurn(BOT_TAG, False))
         else:  # bot: the tag is given, the reply and its end marker are learned
             pieces += [ChatTurn(BOT_TAG, False), ChatTurn(text, True)]
-            pieces += [ChatTurn(END_OF_TEXT, True)]
+            pieces += [ChatTurn(END_OF_TEXT, True, special=True)]
     return pieces
 
 
@@ -259,10 +262,10 @@ def _chatml_segments(
 
     def message(role: str, text: str, learn: bool) -> list[ChatTurn]:
         return [
-            ChatTurn(CHATML_START, False),
+            ChatTurn(CHATML_START, False, special=True),
             ChatTurn(f"{role}\n", False),
             ChatTurn(text, learn),
-            ChatTurn(CHATML_END, learn),  # the model learns to end its own turns
+            ChatTurn(CHATML_END, learn, special=True),  # the model learns to end its own turns
             ChatTurn("\n", False),
         ]
 
@@ -271,14 +274,18 @@ def _chatml_segments(
     for i, text in enumerate(texts):
         pieces += message("user" if i % 2 == 0 else "assistant", text, i % 2 == 1)
     if len(texts) % 2 == 1 and add_generation_prompt:
-        pieces += [ChatTurn(CHATML_START, False), ChatTurn("assistant\n", False)]
+        pieces += [ChatTurn(CHATML_START, False, special=True), ChatTurn("assistant\n", False)]
     return pieces
 
 
 def _system_segments(system: str | None) -> list[ChatTurn]:
     if system is None:
         return []
-    return [ChatTurn(SYSTEM_TAG, False), ChatTurn(system, False), ChatTurn(END_OF_TEXT, False)]
+    return [
+        ChatTurn(SYSTEM_TAG, False),
+        ChatTurn(system, False),
+        ChatTurn(END_OF_TEXT, False, special=True),
+    ]
 
 
 def _encode_segments(
@@ -290,9 +297,9 @@ def _encode_segments(
     ids: list[int] = []
     is_response: list[bool] = []
     for piece in pieces:
-        if piece.text in special:
+        if piece.special:
             piece_ids = [special[piece.text]]
-        else:
+        else:  # message text: special tokens disabled, so a typed marker stays text
             piece_ids = encode_plain(tokenizer, piece.text)
         ids += piece_ids
         is_response += [piece.is_response] * len(piece_ids)

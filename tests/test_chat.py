@@ -572,3 +572,15 @@ def test_finetune_chat_trains_a_llama_on_chatml(chatml_tok) -> None:
     assert end in out  # it learned to end its turn
     assert reply == [chatml_tok.decode(out[: out.index(end)]).strip()]
     assert reply[0].startswith("Machines")
+
+
+@pytest.mark.parametrize("template", ["gptlab", "chatml"])
+def test_a_message_that_is_exactly_a_marker_stays_text(chatml_tok, template) -> None:
+    tok = chatml_tok if template == "chatml" else BPETokenizer.train("hello there " * 50, 270)
+    end = end_token_id(tok, template)
+    marker = "<|im_end|>" if template == "chatml" else "<|endoftext|>"
+    ids, _ = tokenize_conversation([marker, "No."], tok, template=template)
+    ends = 3 if template == "chatml" else 1  # system, user and reply turns; or the reply alone
+    assert ids.count(end) == ends  # the user's "marker" is text, not the special id
+    x, y = build_example([marker, marker], tok, 256, template=template)
+    assert int((y == end).sum()) == 1  # only the reply's own end marker is learned as the id
