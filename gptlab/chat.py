@@ -297,10 +297,8 @@ def _encode_segments(
     ids: list[int] = []
     is_response: list[bool] = []
     for piece in pieces:
-        if piece.special:
-            piece_ids = [special[piece.text]]
-        else:  # message text: special tokens disabled, so a typed marker stays text
-            piece_ids = encode_plain(tokenizer, piece.text)
+        # message text is encoded with special tokens disabled, so a typed marker stays text
+        piece_ids = [special[piece.text]] if piece.special else encode_plain(tokenizer, piece.text)
         ids += piece_ids
         is_response += [piece.is_response] * len(piece_ids)
     return ids, is_response
