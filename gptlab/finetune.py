@@ -25,7 +25,7 @@ import functools
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +46,11 @@ __all__ = [
     "PassageDataset",
     "accuracy",
     "build_genre_datasets",
+    "build_verse_prose_datasets",
     "check_disjoint",
     "confusion_matrix",
     "count_parameters",
+    "document_folds",
     "final_hidden_states",
     "freeze",
     "majority_baseline",
@@ -59,6 +61,8 @@ __all__ = [
     "pool_last_token",
     "predict",
     "train_classifier",
+    "verse_or_prose",
+    "verse_prose_passages",
 ]
 
 
@@ -486,6 +490,148 @@ def build_genre_datasets(
     return train, test
 
 
+VERSE_PROSE = ("prose", "verse")
+
+
+def verse_or_prose(text: str, *, min_lines: int = 3, prose_share: float = 0.25) -> str | None:
+    """Label a passage of a play ``"verse"``, ``"prose"`` or ``None`` (too short or unclear).
+
+    In the corpus's plays a verse line always starts with a capital letter, while prose is
+    wrapped at about 50 characters, so many of its lines continue a sentence in lower case. The
+    rule looks at the spoken lines (not the speaker headings that end with ``:``, and not the
+    first and last lines, which a passage may cut in the middle): none starting in lower case is
+    verse; at least ``prose_share`` of them is prose; anything in between is left out. Prose
+    whose lines all happen to start with a capital is labelled verse: the label is a heuristic,
+    checked by eye on the passages, not an editor's annotation.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    _check_int(min_lines, "min_lines", 1)
+    if isinstance(prose_share, bool) or not isinstance(prose_share, (int, float)):
+        raise TypeError(f"prose_share must be a number in (0, 1], got {prose_share!r}")
+    if not 0 < prose_share <= 1:
+        raise ValueError(f"prose_share must be in (0, 1], got {prose_share}; try 0.25")
+    lines = [
+        line.strip()
+        for line in text.split("\n")[1:-1]
+        if line.strip() and not line.rstrip().endswith(":")
+    ]
+    if len(lines) < min_lines:
+        return None
+    lower = sum(line[0].islower() for line in lines) / len(lines)
+    if lower == 0:
+        return "verse"
+    return "prose" if lower >= prose_share else None
+
+
+def verse_prose_passages(
+    documents: Sequence[Document],
+    tokenizer: Any,
+    *,
+    passage_tokens: int = 64,
+    passages_per_document: int = 48,
+    seed: int = 0,
+) -> PassageDataset:
+    """Cut passages as :func:`make_passages` does, label them with :func:`verse_or_prose`, drop
+    the unclear ones and subsample the larger class (seeded) to the size of the smaller one.
+    Labels: 0 = prose, 1 = verse."""
+    if not callable(getattr(tokenizer, "decode", None)):
+        raise TypeError(
+            f"tokenizer must have .encode and .decode (the label is read from the decoded "
+            f"passage), got {type(tokenizer).__name__}"
+        )
+    cut = make_passages(
+        documents,
+        tokenizer,
+        label_names=sorted({d.genre for d in documents} | {"_"}),  # any >= 2 names will do
+        passage_tokens=passage_tokens,
+        passages_per_document=passages_per_document,
+        seed=seed,
+    )
+    found: dict[str, list[int]] = {name: [] for name in VERSE_PROSE}
+    for i, ids in enumerate(cut.passages):
+        label = verse_or_prose(tokenizer.decode(ids.tolist()))  # genre labels are not used
+        if label is not None:
+            found[label].append(i)
+    n = min(len(found["prose"]), len(found["verse"]))
+    if n == 0:
+        raise ValueError(
+            f"the documents gave {len(found['prose'])} prose and {len(found['verse'])} verse "
+            "passages; both are needed: pass more documents or more passages_per_document"
+        )
+    rng = random.Random(seed)
+    keep = sorted(
+        [(i, 0) for i in rng.sample(found["prose"], n)]
+        + [(i, 1) for i in rng.sample(found["verse"], n)]
+    )
+    return PassageDataset(
+        [cut.passages[i] for i, _ in keep],
+        [label for _, label in keep],
+        [cut.titles[i] for i, _ in keep],
+        VERSE_PROSE,
+    )
+
+
+def build_verse_prose_datasets(
+    documents: Sequence[Document],
+    tokenizer: Any,
+    *,
+    test_fraction: float = 0.2,
+    passage_tokens: int = 64,
+    passages_per_document: int = 48,
+    seed: int = 0,
+) -> tuple[PassageDataset, PassageDataset]:
+    """An easy task beside genre: is a passage verse or prose? Split by play, balanced.
+
+    The plays are split exactly as :func:`build_genre_datasets` splits them (same ``seed``,
+    stratified by genre). Each side's plays are cut into ``passages_per_document`` passages,
+    labelled with :func:`verse_or_prose` (unclear ones are dropped), and the larger class is
+    subsampled (seeded) to the size of the smaller one, so chance and the majority baseline are
+    both 50%. Labels: 0 = prose, 1 = verse.
+    """
+    train_docs, test_docs = split_documents(documents, test_fraction, seed=seed, stratify=True)
+    common = dict(passage_tokens=passage_tokens, passages_per_document=passages_per_document)
+    train = verse_prose_passages(train_docs, tokenizer, seed=seed, **common)
+    test = verse_prose_passages(test_docs, tokenizer, seed=seed + 1, **common)
+    check_disjoint(train, test)
+    return train, test
+
+
+def document_folds(
+    documents: Sequence[Document], k: int = 5, *, seed: int = 0
+) -> list[tuple[list[Document], list[Document]]]:
+    """``k`` train/test splits of whole documents in which every document is tested exactly once.
+
+    Stratified by genre: each genre's documents are shuffled (seeded) and dealt to the folds in
+    turn, so every fold's test side holds about ``1/k`` of each genre. Cross-validation like this
+    tests a classifier on every play instead of one draw of a few plays. Each side keeps the
+    input order; returns ``[(train, test), ...]``, one pair per fold.
+    """
+    documents = list(documents)
+    if not all(isinstance(d, Document) for d in documents):
+        raise TypeError("documents must be gptlab.data.Document objects (title, genre, text)")
+    _check_int(k, "k", 2, "; cross-validation needs at least two folds")
+    _check_int(seed, "seed", 0)
+    if len(documents) < k:
+        raise ValueError(f"{len(documents)} documents cannot fill {k} folds; lower k")
+    fold_of: dict[int, int] = {}
+    rng = random.Random(seed)
+    turn = 0
+    for genre in sorted({d.genre for d in documents}):
+        members = [i for i, d in enumerate(documents) if d.genre == genre]
+        rng.shuffle(members)
+        for i in members:
+            fold_of[i] = turn % k
+            turn += 1
+    return [
+        (
+            [d for i, d in enumerate(documents) if fold_of[i] != f],
+            [d for i, d in enumerate(documents) if fold_of[i] == f],
+        )
+        for f in range(k)
+    ]
+
+
 def passage_loader(
     dataset: PassageDataset,
     batch_size: int,
@@ -638,11 +784,15 @@ def train_classifier(
     seed: int = 0,
     pad_id: int = 0,
     verbose: bool = False,
+    on_epoch: Callable[[int, ClassifierHistory], bool | None] | None = None,
 ) -> ClassifierHistory:
     """Fine-tune ``model`` with AdamW and cross-entropy; returns a :class:`ClassifierHistory`.
 
     Only parameters with ``requires_grad`` (see :func:`freeze`) are optimised. The run is
     seeded (shuffling, dropout). With ``verbose`` one line per epoch is printed.
+    ``on_epoch(epoch, history)`` is called after each epoch (after the test accuracy is
+    recorded); when it returns ``True`` training stops early, e.g. once the training accuracy
+    reaches 100%. It may also read the model, e.g. to store each epoch's test predictions.
     """
     if not isinstance(model, GPTClassifier):
         raise TypeError(
@@ -661,6 +811,10 @@ def train_classifier(
             )
     _check_int(epochs, "epochs", 1)
     _check_int(batch_size, "batch_size", 1)
+    if on_epoch is not None and not callable(on_epoch):
+        raise TypeError(
+            f"on_epoch must be a function (epoch, history) -> bool, got {type(on_epoch).__name__}"
+        )
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"lr must be a positive number, got {lr!r}; try 1e-4 to 1e-3")
     if count_parameters(model, trainable_only=True) == 0:
@@ -703,5 +857,7 @@ def train_classifier(
             line += f", test acc {history.test_accuracy[-1]:.3f}"
         if verbose:
             print(line)
+        if on_epoch is not None and on_epoch(epoch, history):
+            break
     history.seconds = time.perf_counter() - start
     return history

@@ -353,3 +353,111 @@ def test_bad_inputs_raise_helpful_errors():
         train_classifier(clf, ds)
     with pytest.raises(ValueError, match="lr must be a positive number"):
         train_classifier(GPTClassifier(gpt, 2), ds, lr=0)
+
+
+# --------------------------------------------------------------------------- verse or prose
+
+VERSE = (
+    "HAMLET:\nTo be, or not to be: that is the question:\nWhether 'tis nobler in the mind to "
+    "suffer\nThe slings and arrows of outrageous fortune,\nOr to take arms against a sea\n"
+)
+PROSE = (
+    "BEATRICE:\nYes, faith; it is my cousin's duty to make curtsy\nand say 'Father, as it "
+    "please you.' But yet for all\nthat, cousin, let him be a handsome fellow, or else\nmake "
+    "another curtsy and say 'Father, as it please\nme.'\n"
+)
+
+
+def test_verse_or_prose_reads_the_line_starts():
+    from gptlab.finetune import verse_or_prose
+
+    assert verse_or_prose(VERSE) == "verse"
+    assert verse_or_prose(PROSE) == "prose"
+    # the first and last lines may be cut mid-line: a lower-case start there does not count
+    assert verse_or_prose("ng, cut here\n" + VERSE[8:] + "and cut") == "verse"
+    # one lower-case start in seven lines (14%) is below the 25% prose share: left out
+    mixed = "A:\n" + "".join(f"Line {i}\n" for i in range(6)) + "and one more\nEnd\n"
+    assert verse_or_prose(mixed) is None
+    assert verse_or_prose(mixed, prose_share=0.1) == "prose"
+    assert verse_or_prose("A:\nOne line\nTwo\n") is None  # fewer than 3 spoken lines
+    with pytest.raises(TypeError, match="text must be a str"):
+        verse_or_prose(b"bytes")
+    with pytest.raises(ValueError, match=r"prose_share must be in \(0, 1\]"):
+        verse_or_prose(VERSE, prose_share=0)
+
+
+class DecodingByteTokenizer(ByteTokenizer):
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_build_verse_prose_datasets_is_balanced_split_by_play_and_labelled_by_the_rule():
+    from gptlab.finetune import build_verse_prose_datasets, verse_or_prose
+
+    docs = []
+    for g in ("comedy", "history", "tragedy"):
+        for i in range(5):  # half of each play verse, half prose
+            text = (VERSE * 20 + PROSE * 20) if i % 2 else (PROSE * 20 + VERSE * 20)
+            docs.append(Document(f"{g} {i}", g, text))
+    tok = DecodingByteTokenizer()
+    train, test = build_verse_prose_datasets(
+        docs, tok, passage_tokens=300, passages_per_document=12, seed=3
+    )
+    genre_train, genre_test = build_genre_datasets(docs, tok, passage_tokens=300, seed=3)
+    assert set(train.titles) == set(genre_train.titles)  # the same split of the plays
+    assert set(test.titles) == set(genre_test.titles)
+    for data in (train, test):
+        assert data.label_names == ("prose", "verse")
+        counts = data.counts()
+        assert counts["prose"] == counts["verse"] > 0
+        for ids, label in zip(data.passages, data.labels.tolist(), strict=True):
+            assert verse_or_prose(tok.decode(ids.tolist())) == data.label_names[label]
+    again, _ = build_verse_prose_datasets(
+        docs, tok, passage_tokens=300, passages_per_document=12, seed=3
+    )
+    assert all(torch.equal(a, b) for a, b in zip(train.passages, again.passages, strict=True))
+    with pytest.raises(TypeError, match=r"\.decode"):
+        build_verse_prose_datasets(docs, ByteTokenizer())
+    only_verse = [Document(d.title, d.genre, VERSE * 40) for d in docs]
+    with pytest.raises(ValueError, match="0 prose"):
+        build_verse_prose_datasets(only_verse, tok, passage_tokens=300)
+
+
+def test_on_epoch_sees_each_epoch_and_can_stop_training():
+    train = _separable_data(32, 0)
+    seen = []
+
+    def stop_after_two(epoch, history):
+        seen.append((epoch, len(history.train_loss)))
+        return epoch == 2
+
+    clf = GPTClassifier(tiny_gpt(), 2)
+    hist = train_classifier(clf, train, epochs=5, batch_size=16, on_epoch=stop_after_two)
+    assert seen == [(1, 1), (2, 2)] and len(hist.train_loss) == 2
+    full = train_classifier(GPTClassifier(tiny_gpt(), 2), train, epochs=2, batch_size=16)
+    assert hist.step_loss == full.step_loss  # stopping early changes nothing before the stop
+    with pytest.raises(TypeError, match="on_epoch must be a function"):
+        train_classifier(clf, train, on_epoch=3)
+
+
+def test_document_folds_test_every_document_once_stratified_and_seeded():
+    from gptlab.finetune import document_folds
+
+    folds = document_folds(DOCS, 5, seed=1)
+    assert len(folds) == 5
+    tested = [d.title for _, test in folds for d in test]
+    assert sorted(tested) == sorted(d.title for d in DOCS)  # each document tested exactly once
+    for train, test in folds:
+        assert not {d.title for d in train} & {d.title for d in test}
+        assert len(train) + len(test) == len(DOCS)
+        assert sorted(d.genre for d in test) == ["comedy", "history", "tragedy"]  # 5 of each
+    again = document_folds(DOCS, 5, seed=1)
+    assert [[d.title for d in t] for _, t in again] == [[d.title for d in t] for _, t in folds]
+    other = document_folds(DOCS, 5, seed=2)
+    assert [[d.title for d in t] for _, t in other] != [[d.title for d in t] for _, t in folds]
+    with pytest.raises(ValueError, match="at least two folds"):
+        document_folds(DOCS, 1)
+    with pytest.raises(ValueError, match="cannot fill 16 folds"):
+        document_folds(DOCS, 16)
+    with pytest.raises(TypeError, match="Document objects"):
+        document_folds(["a", "b"], 2)
