@@ -120,3 +120,21 @@ def test_an_option_longer_than_the_block_is_refused(model_and_tokenizer):
         score_options(model, tok, [item])
     with pytest.raises(ValueError, match="normalization"):
         evaluate_multiple_choice(model, tok, [item], normalization="length")
+
+
+def test_choose_options_equals_evaluate_without_scoring_again(model_and_tokenizer):
+    from gptlab.evaluate import choose_options
+
+    model, tok = model_and_tokenizer
+    scores = score_options(model, tok, ITEMS)
+    for normalization in ("sum", "token", "byte"):
+        direct = evaluate_multiple_choice(model, tok, ITEMS, normalization=normalization)
+        chosen = choose_options(ITEMS, scores, normalization=normalization)
+        assert chosen.predictions == direct.predictions and chosen.correct == direct.correct
+        assert chosen.chance == direct.chance and chosen.normalization == normalization
+    with pytest.raises(ValueError, match="scores for 2 items but 3 items"):
+        choose_options(ITEMS, scores[:2])
+    with pytest.raises(ValueError, match="item 1 has 2 options"):
+        choose_options(ITEMS, [scores[0], scores[1][:1], scores[2]])
+    with pytest.raises(ValueError, match="normalization"):
+        choose_options(ITEMS, scores, normalization="length")

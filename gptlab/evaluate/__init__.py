@@ -61,6 +61,7 @@ from gptlab.evaluate.multiple_choice import (
     MultipleChoiceResult,
     OptionScore,
     centred_accuracy,
+    choose_options,
     evaluate_multiple_choice,
     score_options,
 )
@@ -115,6 +116,7 @@ __all__ = [
     "centred_accuracy",
     "check_split",
     "evaluate_code",
+    "choose_options",
     "evaluate_multiple_choice",
     "evaluate_suite",
     "exact_match",

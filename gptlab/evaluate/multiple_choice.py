@@ -29,6 +29,7 @@ __all__ = [
     "MultipleChoiceResult",
     "OptionScore",
     "centred_accuracy",
+    "choose_options",
     "evaluate_multiple_choice",
     "score_options",
 ]
@@ -198,6 +199,36 @@ def evaluate_multiple_choice(
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     items = _check_items(items)
     scores = score_options(model, tokenizer, items, batch_size=batch_size)
+    return choose_options(items, scores, normalization=normalization)
+
+
+def choose_options(
+    items: Sequence[MultipleChoiceItem],
+    scores: Sequence[Sequence[OptionScore]],
+    *,
+    normalization: str = "byte",
+) -> MultipleChoiceResult:
+    """The result of :func:`evaluate_multiple_choice` from options already scored with
+    :func:`score_options` (score once, then compare normalisations without running the model
+    again). Ties go to the first option."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    items = _check_items(items)
+    scores = [list(option_scores) for option_scores in scores]
+    if len(scores) != len(items):
+        raise ValueError(
+            f"got scores for {len(scores)} items but {len(items)} items; pass the list "
+            "score_options returned for these items"
+        )
+    for i, (item, option_scores) in enumerate(zip(items, scores, strict=True)):
+        if len(option_scores) != len(item.options) or not all(
+            isinstance(s, OptionScore) for s in option_scores
+        ):
+            raise ValueError(
+                f"item {i} has {len(item.options)} options but its scores are "
+                f"{len(option_scores)} values that are not all OptionScore; pass the list "
+                "score_options returned for these items"
+            )
     predictions = []
     for option_scores in scores:
         ranked = [s.normalized(normalization) for s in option_scores]
