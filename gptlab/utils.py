@@ -14,7 +14,14 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "cache_dir", "get_device", "round_floats", "seed_everything"]
+__all__ = [
+    "atomic_write",
+    "cache_dir",
+    "get_device",
+    "provenance",
+    "round_floats",
+    "seed_everything",
+]
 
 _DEVICES = ("cpu", "cuda", "mps")
 
@@ -130,3 +137,19 @@ def round_floats(value: Any, digits: int = 6) -> Any:
     if isinstance(value, (list, tuple)):
         return [round_floats(v, digits) for v in value]
     return value
+
+
+def provenance() -> dict[str, str]:
+    """Where a stored result came from: today's date and the gptlab, PyTorch and Python versions
+    (the keys every recipe's JSON and manifest start with)."""
+    import datetime
+    import platform
+
+    from gptlab import __version__
+
+    return {
+        "created": datetime.date.today().isoformat(),
+        "gptlab_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+    }

@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import pathlib
-import platform
 import sys
 import time
 
 import torch
 
-from gptlab import __version__, applications, chat
+from gptlab import applications, chat
 from gptlab.data import load_corpus, split_documents
 from gptlab.reference import load_reference_model
-from gptlab.utils import atomic_write, seed_everything
+from gptlab.utils import atomic_write, provenance, seed_everything
 
 OUT = pathlib.Path(applications.__file__).resolve().parent / "assets" / "applications"
 SYSTEM = {
@@ -105,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {
         "name": "chapter 9 fine-tuning run (reference model, French strings + ChatterBot)",
-        "created": datetime.date.today().isoformat(),
-        "gptlab_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **provenance(),
         "command": "OMP_NUM_THREADS=1 python recipes/assistant.py",
         "hardware": args.hardware,
         "steps": args.steps,

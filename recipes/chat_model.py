@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import pathlib
-import platform
 import time
 from typing import Any
 
 import torch
 
-from gptlab import __version__, chat
+from gptlab import chat
 from gptlab.checkpoint import save_checkpoint
 from gptlab.data import load_corpus
 from gptlab.reference import MANIFEST_FILE, WEIGHTS_FILE, load_reference_model
-from gptlab.utils import atomic_write, seed_everything, sha256_file
+from gptlab.utils import atomic_write, provenance, seed_everything, sha256_file
 
 OUT = chat.CHAT_MODEL_DIR
 SETTINGS: dict[str, Any] = {
@@ -101,10 +99,7 @@ def main() -> None:
         "name": "gptlab-chatbot",
         "description": "The reference Shakespeare GPT fine-tuned for 200 steps on ChatterBot "
         "dialogues with a reply-only loss (chapter 8's chatbot).",
-        "created": datetime.date.today().isoformat(),
-        "gptlab_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **provenance(),
         "recipe": {"command": "OMP_NUM_THREADS=1 python recipes/chat_model.py"},
         "settings": SETTINGS,
         "parameters": model.num_parameters(),

@@ -34,14 +34,12 @@ import datetime
 import json
 import math
 import pathlib
-import platform
 import shutil
 import sys
 import time
 
 import torch
 
-from gptlab import __version__
 from gptlab.applications import (
     CODE_MODEL_DIR,
     load_code_model,
@@ -61,7 +59,7 @@ from gptlab.train import (
     save_checkpoint,
     train,
 )
-from gptlab.utils import atomic_write, seed_everything
+from gptlab.utils import atomic_write, provenance, seed_everything
 
 VOCAB_SIZE = 2048
 MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=256, dropout=0.0)
@@ -171,10 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": "gptlab-code-stdlib",
         "description": "A 4-layer GPT trained from scratch on the Python standard library (no "
         "tests, no encodings/pydoc_data tables) with a 2,048-token BPE tokenizer, on a CPU.",
-        "created": datetime.date.today().isoformat(),
-        "gptlab_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **provenance(),
         "recipe": {"command": "OMP_NUM_THREADS=1 python recipes/code_model.py"},
         "hardware": args.hardware,
         "resumed_from_step": first_step,

@@ -35,19 +35,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import pathlib
-import platform
 import sys
 import time
 from typing import Any
 
 import torch
 
-from gptlab import GPT, __version__, finetune, load_corpus, load_reference_model, seed_everything
+from gptlab import GPT, finetune, load_corpus, load_reference_model, seed_everything
 from gptlab.evaluate.uncertainty import bootstrap_ci
-from gptlab.utils import atomic_write, round_floats
+from gptlab.utils import atomic_write, provenance, round_floats
 
 OUT_FILE = (
     pathlib.Path(__file__).resolve().parents[1]
@@ -298,10 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "name": "chapter 7: genre and verse/prose classifiers over seeds and folds, with "
         "play-bootstrap intervals",
-        "created": datetime.date.today().isoformat(),
-        "gptlab_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **provenance(),
         "command": f"OMP_NUM_THREADS=1 python recipes/genre_analysis.py --seeds {args.seeds} "
         f"--folds {args.folds} --fit {args.fit} --max-epochs {args.max_epochs}",
         "hardware": args.hardware,

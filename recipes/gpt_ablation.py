@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -41,10 +39,9 @@ import torch.nn as nn
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import llama_ablation as base  # noqa: E402  (the shared baseline, training run and statistics)
 
-from gptlab import __version__  # noqa: E402
 from gptlab.reference import load_reference_tokenizer, reference_splits  # noqa: E402
 from gptlab.train import evaluate, train  # noqa: E402
-from gptlab.utils import atomic_write  # noqa: E402
+from gptlab.utils import atomic_write, provenance  # noqa: E402
 
 OUT_FILE = base.OUT / "gpt_ablation.json"
 LEARNING_RATES = {"lr_5e-4": 5e-4, "lr_8e-3": 8e-3, "lr_3e-2": 3e-2}
@@ -156,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     results = {
         "name": "chapter 4 ablation: one part of a GPT removed or changed at a time",
-        "created": datetime.date.today().isoformat(),
-        "gptlab_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **provenance(),
         "command": "OMP_NUM_THREADS=1 python recipes/gpt_ablation.py "
         f"--steps {args.steps} --seeds {args.seeds}",
         "hardware": args.hardware,

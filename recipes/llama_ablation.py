@@ -23,12 +23,10 @@ and CPU seconds; per variant the mean over seeds with a 95 % t-interval and the 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -38,13 +36,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from gptlab import __version__
 from gptlab.attention import CausalSelfAttention
 from gptlab.llama import Llama, LlamaConfig, LlamaMLP, RMSNorm
 from gptlab.model import GPT, MLP, GPTConfig
 from gptlab.reference import load_reference_tokenizer, reference_splits
 from gptlab.train import TrainConfig, evaluate, train
-from gptlab.utils import atomic_write
+from gptlab.utils import atomic_write, provenance
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "gptlab" / "assets" / "ablation"
 OUT_FILE = OUT / "llama_ablation.json"
@@ -259,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = args.steps * TRAIN["batch_size"] * MODEL["block_size"]
     results = {
         "name": "chapter 11 ablation: GPT-2 with one Llama part swapped in at a time",
-        "created": datetime.date.today().isoformat(),
-        "gptlab_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **provenance(),
         "command": "OMP_NUM_THREADS=1 python recipes/llama_ablation.py "
         f"--steps {args.steps} --seeds {args.seeds}",
         "hardware": args.hardware,

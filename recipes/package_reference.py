@@ -11,23 +11,20 @@ manifest.json, which :func:`gptlab.load_reference_model` checks on every load.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
 import pathlib
-import platform
 import shutil
 import sys
 
 import torch
 
-from gptlab import __version__
 from gptlab.cli import build_run, load_run_config
 from gptlab.reference import MANIFEST_FILE, REFERENCE_DIR, sha256_file
 from gptlab.sampling import generate
 from gptlab.train import META_FILE, TOKENIZER_FILE, WEIGHTS_FILE, evaluate, load_checkpoint
-from gptlab.utils import atomic_write
+from gptlab.utils import atomic_write, provenance
 
 CONFIG = "recipes/reference.toml"
 N_EARLY = 10  # first training losses recorded for the reproducibility test
@@ -117,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "A 4-layer GPT (2.6M parameters) pretrained from scratch on Shakespeare's plays with "
             "a 4,096-token byte-level BPE tokenizer, on a CPU."
         ),
-        "created": datetime.date.today().isoformat(),
-        "gptlab_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **provenance(),
         "recipe": {
             "config": CONFIG,
             "tokenizer_command": "python recipes/reference_tokenizer.py",

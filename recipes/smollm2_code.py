@@ -17,19 +17,15 @@ problems live and checks that they agree.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
-import platform
 import sys
 import time
 
-import torch
-
 import gptlab
-from gptlab import __version__, applications
+from gptlab import applications
 from gptlab.evaluate import bootstrap_ci, load_code_benchmark
-from gptlab.utils import atomic_write
+from gptlab.utils import atomic_write, provenance
 
 OUT = pathlib.Path(applications.__file__).resolve().parent / "assets" / "applications"
 MAX_NEW_TOKENS = 192
@@ -64,10 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     result = {
         "name": "SmolLM2-135M-Instruct on the GPT Lab code benchmark (greedy, pass@1)",
-        "created": datetime.date.today().isoformat(),
-        "gptlab_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
+        **provenance(),
         "command": "OMP_NUM_THREADS=1 python recipes/smollm2_code.py",
         "hardware": args.hardware,
         "model": "smollm2-135m-instruct",

@@ -121,3 +121,20 @@ def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
         assert stat.S_IMODE(old.stat().st_mode) == 0o640 and old.read_text() == "b"
     finally:
         os.umask(umask)
+
+
+def test_provenance_names_the_date_and_versions():
+    import datetime
+    import platform
+
+    import torch
+
+    import gptlab
+    from gptlab.utils import provenance
+
+    info = provenance()
+    assert list(info) == ["created", "gptlab_version", "torch_version", "python_version"]
+    assert info["created"] == datetime.date.today().isoformat()
+    assert info["gptlab_version"] == gptlab.__version__
+    assert info["torch_version"] == torch.__version__
+    assert info["python_version"] == platform.python_version()
