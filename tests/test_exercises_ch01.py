@@ -94,7 +94,7 @@ def test_1_1_rejects_the_library_call_it_forbids(wrong, hint, capsys):
     """The old checker compared only the bytes, so it accepted every one of these (issue 12 §3)."""
     assert check("1.1", wrong) is False
     out = capsys.readouterr().out
-    assert "not solved yet" in out and hint in out
+    assert "wrong answer" in out and "not solved yet" not in out and hint in out
     assert "build the bytes yourself" in out
 
 

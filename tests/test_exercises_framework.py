@@ -27,7 +27,8 @@ def test_correct_answer_prints_correct(sandbox, capsys):
 def test_wrong_answer_prints_hint(sandbox, capsys):
     assert check("9.9", lambda x: x + x + 1) is False
     out = capsys.readouterr().out
-    assert "not solved yet" in out and "fn(0) returned 1" in out
+    assert "wrong answer: " in out and "fn(0) returned 1" in out  # says what is wrong
+    assert "not solved yet" not in out  # that is for stubs
 
 
 def test_stub_counts_as_not_solved(sandbox, capsys):
@@ -40,7 +41,17 @@ def test_stub_counts_as_not_solved(sandbox, capsys):
 
 def test_crashing_answer_reports_the_exception(sandbox, capsys):
     assert check("9.9", lambda x: 1 / 0) is False
-    assert "ZeroDivisionError" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "your code crashed" in out and "ZeroDivisionError" in out
+
+
+def test_an_answer_left_at_none_is_not_solved_yet(sandbox, capsys):
+    for unanswered in (None, (None, None), [None]):
+        assert check("9.9", unanswered) is False
+        out = capsys.readouterr().out
+        assert "not solved yet" in out and "wrong answer" not in out
+    assert check("9.9", (None, 1)) is False  # half an answer is an answer, not a stub
+    assert "not solved yet" not in capsys.readouterr().out
 
 
 def test_unknown_and_malformed_ids(sandbox):

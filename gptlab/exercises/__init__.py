@@ -113,8 +113,10 @@ def as_number(value: Any, name: str) -> float:
 def check(exercise_id: str, answer: Any, *, quiet: bool = False) -> bool:
     """Run the checker of ``exercise_id`` on ``answer``; print a verdict and return whether it passed.
 
-    A stub that still raises ``NotImplementedError`` counts as "not solved yet", so a reader can
-    run the stub cell before writing anything.
+    A stub that still raises ``NotImplementedError``, or an answer left at ``None``, counts as
+    "not solved yet", so a reader can run the stub cell before writing anything. Any other answer
+    that fails is a "wrong answer", and the verdict says what is wrong with it; an answer whose
+    code crashes is reported with its exception.
     """
     if not isinstance(exercise_id, str):
         raise TypeError(
@@ -126,18 +128,27 @@ def check(exercise_id: str, answer: Any, *, quiet: bool = False) -> bool:
         known = ", ".join(registered()) or "none"
         raise ValueError(f"no exercise {exercise_id!r}; known exercises: {known}")
     ex = _REGISTRY[exercise_id]
+    unanswered = answer is None or (
+        isinstance(answer, (tuple, list)) and len(answer) > 0 and all(a is None for a in answer)
+    )
+    verdict = "not solved yet. Hint" if unanswered else "wrong answer"
     try:
         hint = ex.checker(answer)
     except NotSolved as exc:
-        hint = str(exc) or "not right yet"
+        hint = str(exc) or "the checker found it wrong"
     except NotImplementedError:
+        verdict = "not solved yet. Hint"
         hint = "the function still raises NotImplementedError: replace the stub with your code"
     except Exception as exc:  # the reader's code crashed: show what and where to look
-        hint = f"your answer raised {type(exc).__name__}: {exc}"
+        if unanswered:
+            hint = "the answer is still None: replace it with yours"
+        else:
+            verdict = "your code crashed"
+            hint = f"your answer raised {type(exc).__name__}: {exc}"
     ok = hint is None
     if not quiet:
         if ok:
             print(f"✅ Exercise {exercise_id} ({ex.title}): correct")
         else:
-            print(f"❌ Exercise {exercise_id} ({ex.title}): not solved yet. Hint: {hint}")
+            print(f"❌ Exercise {exercise_id} ({ex.title}): {verdict}: {hint}")
     return ok
